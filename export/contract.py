@@ -1,0 +1,73 @@
+"""A task's export contract as data: graph I/O names, dtypes, symbolic shapes with one
+min/opt/max range per symbolic dimension (feeding torch.export, TensorRT profiles and serving
+checks alike), the opset, and the parity bounds an export must meet."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DimRange:
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self):
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise ValueError(f"need 1 <= min <= opt <= max, got {self}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "uint8", "float32", "int64"
+    shape: tuple[str | int, ...]  # ints are fixed, strings name a dimension of ExportContract.dims
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Bound:
+    metric: str
+    op: Literal["<=", ">="]
+    value: float
+
+    def holds(self, measured: float) -> bool:
+        return measured <= self.value if self.op == "<=" else measured >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class ExportContract:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: dict[str, DimRange]
+    parity: tuple[Bound, ...]
+    opset: int = 18
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for spec in self.inputs + self.outputs:
+            for d in spec.shape:
+                if isinstance(d, str) and spec in self.inputs and d not in self.dims:
+                    raise ValueError(f"input {spec.name}: dimension {d!r} has no range in dims")
+
+    def io_spec(self) -> dict:
+        """The JSON form written into the manifest."""
+        return {
+            "inputs": [asdict(s) for s in self.inputs],
+            "outputs": [asdict(s) for s in self.outputs],
+            "dims": {k: asdict(v) for k, v in self.dims.items()},
+            "opset": self.opset,
+        }
+
+    def shape_for(self, spec: TensorSpec, which: Literal["min", "opt", "max"]) -> tuple[int, ...]:
+        """A concrete shape of input ``spec`` at one end of its ranges (TensorRT profiles)."""
+        return tuple(d if isinstance(d, int) else getattr(self.dims[d], which) for d in spec.shape)
+
+
+def check_parity(measured: dict[str, float], bounds: tuple[Bound, ...]) -> list[str]:
+    """The bounds that ``measured`` breaks, as readable strings (empty when all hold)."""
+    return [f"{b.metric} = {measured[b.metric]:.3g}, needs {b}" for b in bounds if not b.holds(measured[b.metric])]

@@ -1,0 +1,78 @@
+"""``python -m pipeline``: the stage commands. Bad input ends with one ``error:`` line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipeline.tasks.base import PRESETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def train_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--preset", choices=PRESETS, default="quick",
+                        help="smoke: seconds (tests); quick: minutes on 2 CPU cores; full: the GPU recipe")
+        sp.add_argument("--config", metavar="FILE", help="a .json or .toml file of overrides (sections model, data, train, ...)")
+        sp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set train.lr=1e-3 --set model.name=vit (repeatable)")
+        sp.add_argument("--data", metavar="PATH", help="your own data instead of the built-in set (an image folder per class)")
+        sp.add_argument("--out", default="artifacts", metavar="DIR", help="artifacts root (default: artifacts)")
+
+    sp = sub.add_parser("train", help="train a model into a new run folder")
+    sp.add_argument("task", help="classify")
+    train_args(sp)
+    sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its last checkpoint")
+    for name, text in (("export", "export model.onnx and verify it against PyTorch"),
+                       ("benchmark", "time every backend side by side")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp = sub.add_parser("optimize", help="ORT-optimized, INT8, FP16 and TensorRT variants (no flag: INT8 and FP16)")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("--int8", action="store_true", help="INT8 (static, calibrated; optimize.int8=dynamic for weights only)")
+    sp.add_argument("--fp16", action="store_true", help="FP16 weights and activations")
+    sp.add_argument("--tensorrt", action="store_true", help="a TensorRT FP16 engine (needs tensorrt and an NVIDIA GPU)")
+    sp = sub.add_parser("run", help="train -> export -> optimize -> benchmark")
+    sp.add_argument("task", help="classify, or all")
+    train_args(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    args = _parser().parse_args(argv)
+    from export.torch_to_onnx import ExportError
+    from pipeline import stages
+    from pipeline.config import parse_sets
+    from pipeline.errors import PipelineError
+    from pipeline.tasks import TASKS, get_task
+
+    try:
+        if args.command in ("train", "run"):
+            sets = parse_sets(args.sets)
+            kwargs = dict(config_file=args.config, sets=sets, data=args.data, out=args.out)
+            if args.command == "train":
+                stages.train(args.task, args.preset, resume=args.resume, **kwargs)
+            else:
+                names = list(TASKS) if args.task == "all" else [get_task(args.task).NAME]
+                for name in names:
+                    run_dir = stages.run_all(name, args.preset, **kwargs)
+                    print(f"bundle: {Path(run_dir).resolve()}")
+        elif args.command == "export":
+            stages.export(args.run_dir)
+        elif args.command == "optimize":
+            everything = not (args.int8 or args.fp16 or args.tensorrt)
+            stages.optimize(args.run_dir, int8=args.int8 or everything, fp16=args.fp16 or everything,
+                            tensorrt=args.tensorrt)
+        elif args.command == "benchmark":
+            stages.benchmark(args.run_dir)
+    except (PipelineError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a partial run folder can be continued with `train TASK --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,1 @@
+"""Offline data sources: built-in data sets from installed packages, or the user's own files."""

@@ -1,0 +1,269 @@
+"""Image classification: data, model config, loss, metrics, deployable wrapper and export contract.
+
+Graph: ``image`` uint8 (N, H, W, C) of any size -> ``probs`` float32 (N, K). Inside: channel
+reduction (grey models take grey or RGB), antialiased resize to the network's size, normalization,
+the network, softmax.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import models
+from export.contract import Bound, DimRange, ExportContract, TensorSpec
+from pipeline.data.images import ImageData, ImageSplit, load_digits, load_image_folder
+from pipeline.errors import PipelineError
+from pipeline.tasks.base import RunConfig, with_model_fields
+
+NAME = "classify"
+ARCHITECTURES = ("mlp", "lenet", "resnet", "vit")  # model.name choices, from the models registry
+DEFAULT_MODEL = "resnet"
+METRIC = ("accuracy", "max")  # primary metric (percent on the test split) and its direction
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # (str) "digits" (scikit-learn's scans) or a path to an image folder per class
+    channels: int = 1  # (int) 1: grey (the graph takes grey or RGB); 3: RGB (the graph takes RGB)
+    load_size: int = 32  # (int) image-folder images are resized to this square size when loaded
+    val_fraction: float = 0.1  # (float) share of each class held out for validation
+    test_fraction: float = 0.2  # (float) share of each class held out for the test split
+    split_seed: int = 0  # (int) fixes the split, independently of train.seed
+    augment: bool = True  # (bool) random rotation, scale and shift while training
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not (0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+
+
+PRESETS = {
+    "smoke": {"model": {"name": "lenet", "channels": [8, 16], "hidden": 32},
+              "train": {"epochs": 1, "batch_size": 128, "warmup_epochs": 0.0},
+              "optimize": {"calibration_samples": 64}, "benchmark": {"batch_sizes": [1, 32], "seconds": 0.1}},
+    "quick": {"model": {"name": "resnet", "image_size": 24, "widths": [32, 64, 128], "blocks": [1, 1, 1]},
+              "train": {"epochs": 40, "batch_size": 64, "lr": 3e-3}},
+    "full": {"model": {"name": "resnet", "image_size": 32, "widths": [64, 128, 256], "blocks": [2, 2, 2],
+                       "dropout": 0.1},
+             "train": {"epochs": 150, "batch_size": 128, "lr": 2e-3, "warmup_epochs": 5.0}},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_data(cfg: RunConfig) -> ImageData:
+    d = cfg.data
+    fractions = (d.val_fraction, d.test_fraction)
+    if d.source == "digits":
+        if d.channels != 1:
+            raise PipelineError("the digits are grey: use data.channels=1 with data.source=digits")
+        return load_digits(fractions, d.split_seed)
+    return load_image_folder(d.source, d.channels, d.load_size, fractions, d.split_seed)
+
+
+def complete_config(cfg: RunConfig, data: ImageData) -> RunConfig:
+    """Fill in the model fields that the data decides."""
+    return with_model_fields(cfg, in_chans=cfg.data.channels, num_classes=len(data.class_names))
+
+
+def torch_split(split: ImageSplit) -> Dataset:
+    return TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class Preprocess(nn.Module):
+    """uint8 or float images (N, H, W, C) in [0, 255] -> normalized float (N, c, S, S).
+
+    A grey network (c = 1) averages whatever channels come in; resizing is bilinear with
+    antialiasing, so large drawings shrink without aliasing.
+    """
+
+    def __init__(self, in_chans: int, size: int):
+        super().__init__()
+        self.in_chans, self.size = in_chans, size
+        self.register_buffer("mean", torch.full((1, in_chans, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, in_chans, 1, 1), 0.5))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float() / 255.0  # (N, H, W, C)
+        if self.in_chans == 1:
+            x = x.mean(dim=-1, keepdim=True)  # (N, H, W, 1)
+        x = x.permute(0, 3, 1, 2)  # (N, c, H, W)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return (x - self.mean) / self.std  # (N, c, S, S)
+
+    @torch.no_grad()
+    def fit(self, images: np.ndarray) -> None:
+        """Set mean/std per channel from training images (N, H, W, C) uint8."""
+        x = self(torch.from_numpy(images[:2048])) * self.std + self.mean  # back to [0, 1], resized
+        self.mean.copy_(x.mean(dim=(0, 2, 3), keepdim=True))
+        self.std.copy_(x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3))
+
+
+class ImageClassifier(nn.Module):
+    """images (N, H, W, C) -> logits (N, K)."""
+
+    def __init__(self, net: nn.Module, in_chans: int, size: int):
+        super().__init__()
+        self.preprocess = Preprocess(in_chans, size)
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(image))
+
+
+class Deployable(nn.Module):
+    """What is exported: ``image`` uint8 (N, H, W, C) -> ``probs`` float32 (N, K)."""
+
+    def __init__(self, classifier: ImageClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.classifier(image).float(), dim=-1)
+
+
+def build_model(cfg: RunConfig, data: ImageData | None = None) -> ImageClassifier:
+    """The trainable module; with ``data``, normalization statistics come from its training split."""
+    net = models.create_model(cfg.model_name, cfg.model)
+    model = ImageClassifier(net, cfg.model.in_chans, cfg.model.image_size)
+    if data is not None:
+        model.preprocess.fit(data.train.images)
+    return model
+
+
+def deployable(model: ImageClassifier) -> nn.Module:
+    return Deployable(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, degrees=12.0, scale=0.1, shift=0.12) -> torch.Tensor:
+    """Random rotation, scale and shift of float images (N, H, W, C); the border colour extends."""
+    n = images.shape[0]
+    dev = images.device
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, device=dev, generator=generator)
+
+    angle = uniform(-degrees, degrees) * math.pi / 180
+    s = 1.0 / uniform(1 - scale, 1 + scale)
+    tx, ty = uniform(-shift, shift), uniform(-shift, shift)
+    cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (N, 2, 3)
+    x = images.permute(0, 3, 1, 2)  # (N, C, H, W)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return x.permute(0, 2, 3, 1)  # (N, H, W, C)
+
+
+def make_training_step(cfg: RunConfig):
+    do_augment = cfg.data.augment
+
+    def training_step(model: nn.Module, batch, device: torch.device, generator: torch.Generator):
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        images = images.float()
+        if do_augment:
+            images = augment(images, generator)
+        logits = model(images)
+        return F.cross_entropy(logits.float(), labels), labels.numel()
+
+    return training_step
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data_set: Dataset, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy (percent) over ``data_set``."""
+    was_training = model.training
+    model.eval()
+    loss, correct, count = 0.0, 0, 0
+    for i in range(0, len(data_set), batch_size):
+        images, labels = data_set[i : i + batch_size]
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images).float()
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+        count += labels.numel()
+    model.train(was_training)
+    return {"loss": loss / count, "accuracy": 100.0 * correct / count}
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: contract, graph-level batches, metrics and parity on graph outputs
+
+
+def contract(cfg: RunConfig) -> ExportContract:
+    chans: str | int = "channels" if cfg.model.in_chans == 1 else cfg.model.in_chans
+    dims = {"batch": DimRange(1, 32, 1024), "height": DimRange(8, 28, 4096), "width": DimRange(8, 28, 4096)}
+    if chans == "channels":
+        dims["channels"] = DimRange(1, 1, 4)
+    return ExportContract(
+        inputs=(TensorSpec("image", "uint8", ("batch", "height", "width", chans),
+                           "pixels in [0, 255], any size; dark ink on light background for the digits"),),
+        outputs=(TensorSpec("probs", "float32", ("batch", cfg.model.num_classes), "class probabilities, sum 1"),),
+        dims=dims,
+        parity=(Bound("max_abs_diff", "<=", 1e-4), Bound("top1_agreement", ">=", 1.0)),
+    )
+
+
+def example_inputs(data: ImageData) -> dict[str, torch.Tensor]:
+    return {"image": torch.from_numpy(data.test.images[:2])}
+
+
+def graph_batches(split: ImageSplit, batch_size: int = 256) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(graph inputs, targets) over a whole split, in order."""
+    for i in range(0, len(split), batch_size):
+        yield {"image": split.images[i : i + batch_size]}, split.labels[i : i + batch_size]
+
+
+def score(outputs: list[list[np.ndarray]], targets: list[np.ndarray]) -> dict[str, float]:
+    """Accuracy (percent) from the graph's ``probs`` batches."""
+    pred = np.concatenate([o[0].argmax(-1) for o in outputs])
+    return {"accuracy": 100.0 * float((pred == np.concatenate(targets)).mean())}
+
+
+def parity(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> dict[str, float]:
+    """Max abs probability difference and top-1 agreement of two runs over the same batches."""
+    a = np.concatenate([o[0] for o in reference]).astype(np.float64)
+    b = np.concatenate([o[0] for o in candidate]).astype(np.float64)
+    return {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
+
+
+def metadata(cfg: RunConfig, data: ImageData) -> dict[str, str]:
+    """What a copied ``model.onnx`` says of itself (``metadata_props``)."""
+    return {
+        "task": NAME,
+        "labels": ",".join(data.class_names),
+        "architecture": cfg.model_name,
+        "inputs": "image: uint8 [N,H,W,C], pixels 0..255, any size (resized inside); "
+                  + ("grey network: any channel count is averaged" if cfg.model.in_chans == 1 else "RGB"),
+        "outputs": f"probs: float32 [N,{cfg.model.num_classes}], softmax over labels in order",
+        "data": data.source,
+    }
+
+
+USAGE = """```python
+import numpy as np, onnxruntime as ort
+from PIL import Image
+
+session = ort.InferenceSession("model.onnx")
+labels = session.get_modelmeta().custom_metadata_map["labels"].split(",")
+image = np.asarray(Image.open("digit.png").convert("L"))[None, :, :, None]  # uint8 [1, H, W, 1]
+probs = session.run(["probs"], {"image": image})[0][0]
+print(labels[int(probs.argmax())], float(probs.max()))
+```"""

@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """``python -m pipeline ARGS`` in a fresh process; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(tmp_path_factory) -> Path:
+    """One ``run classify --preset smoke`` bundle, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("artifacts")
+    proc = run_cli("run", "classify", "--preset", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (out / "classify").iterdir()
+    return run_dir
