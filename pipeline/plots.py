@@ -21,7 +21,7 @@ def plot_curves(records: list[dict], metric: str, path: Path) -> None:
     """Training loss per logged step, validation loss and ``metric`` per epoch."""
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     if train:
         ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train (step)")
     if val:
@@ -38,7 +38,7 @@ def plot_benchmark(rows: list[dict], path: Path) -> None:
     """Batch-1 latency and the largest batch's throughput per backend, side by side."""
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     sizes = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     lat = [next((r["median_ms"] for r in rows if r["backend"] == b and r["batch"] == sizes[0]), 0) for b in backends]
     axes[0].barh(backends, lat, color="C0")
     axes[0].set(xlabel="ms (median)", title=f"latency, batch {sizes[0]} (lower is better)")
@@ -47,7 +47,7 @@ def plot_benchmark(rows: list[dict], path: Path) -> None:
         thr = [next((r["throughput_per_s"] for r in rows if r["backend"] == b and r["batch"] == size), 0)
                for b in backends]
         axes[1].barh([j + i * width for j in range(len(backends))], thr, height=width, label=f"batch {size}")
-    axes[1].set_yticks(range(len(backends)), backends)
+    axes[1].set_yticks([j + width * (len(sizes) - 2) / 2 for j in range(len(backends))], backends)
     axes[1].set(xlabel="samples/s", title="throughput (higher is better)")
     axes[1].legend()
     for ax in axes:

@@ -88,7 +88,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         write_json(run_dir / bundle.CONFIG, cfg.to_dict())
         print(f"training {task.NAME}/{cfg.model_name} ({cfg.preset}) on {dataset.source} "
               f"[{len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test] "
-              f"on {rt.device} -> {run_dir}", flush=True)
+              f"on {rt.device}{f' x {rt.world_size} processes' if rt.distributed else ''} -> {run_dir}", flush=True)
     torch.manual_seed(cfg.train.seed)
     model = task.build_model(cfg, dataset)
     meta = {"task": task.NAME, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
@@ -193,16 +193,10 @@ def optimize(run_dir: str | Path, int8: bool = True, fp16: bool = True, tensorrt
         split = type(run.data.train)(run.data.train.images[:n], run.data.train.labels[:n])
         return (inputs for inputs, _ in run.task.graph_batches(split, batch_size=32))
 
-    builders = {"opt": lambda tmp: onnx_to_ort.optimize_graph(src, tmp)}
-    if int8:
-        builders["int8"] = lambda tmp: onnx_to_ort.quantize_int8(src, tmp, ocfg.int8, calibration())
-    if fp16:
-        builders["fp16"] = lambda tmp: onnx_to_ort.convert_fp16(src, tmp)
-    for variant, build in builders.items():
+    def make(variant: str, build, **info) -> dict[str, Any]:
+        """Build one variant file, score it on the test split, judge it against fp32."""
         dst = run.dir / bundle.VARIANT_FILES[variant]
-        entry: dict[str, Any] = {"file": dst.name}
-        if variant == "int8":
-            entry["mode"] = ocfg.int8
+        entry: dict[str, Any] = {"file": dst.name, **info}
         try:
             with atomic_path(dst) as tmp:
                 build(tmp)
@@ -214,9 +208,24 @@ def optimize(run_dir: str | Path, int8: bool = True, fp16: bool = True, tensorrt
                 dst.unlink()
             entry.update(status="failed", reason=f"{e.__class__.__name__}: {str(e).splitlines()[0][:300]}")
             entry.pop("file")
-        manifest["variants"][variant] = entry
         shown = f"{entry[metric]:.2f}" if metric in entry else "-"
-        print(f"{variant:5s} {entry['status']:9s} {metric} {shown}  {entry.get('reason', '')}", flush=True)
+        label = variant + (f" ({info['mode']})" if "mode" in info else "")
+        print(f"{label:14s} {entry['status']:9s} {metric} {shown}  {entry.get('reason', '')}", flush=True)
+        return entry
+
+    manifest["variants"]["opt"] = make("opt", lambda tmp: onnx_to_ort.optimize_graph(src, tmp))
+    if int8:
+        # auto: static first; where it fails or loses too much (attention/MatMul-heavy nets), dynamic
+        attempts = []
+        for mode in (["static", "dynamic"] if ocfg.int8 == "auto" else [ocfg.int8]):
+            attempts.append(make("int8", lambda tmp, m=mode: onnx_to_ort.quantize_int8(src, tmp, m, calibration()),
+                                 mode=mode))
+            if attempts[-1]["status"] == "accepted":
+                break
+        manifest["variants"]["int8"] = {**attempts[-1], "attempts": [
+            {k: a.get(k) for k in ("mode", "status", metric, "reason") if k in a} for a in attempts]}
+    if fp16:
+        manifest["variants"]["fp16"] = make("fp16", lambda tmp: onnx_to_ort.convert_fp16(src, tmp))
     if tensorrt:
         contract = run.task.contract(run.cfg)
         dst = run.dir / onnx_to_engine.engine_name()

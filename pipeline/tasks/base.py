@@ -21,9 +21,15 @@ PRESETS = ("smoke", "quick", "full")
 
 @dataclass
 class OptimizeConfig:
-    int8: Literal["static", "dynamic"] = "static"  # (str) static: QDQ calibrated on training data; dynamic: weights only
+    # (str) static: QDQ, activations calibrated on training data; dynamic: activations quantized at run
+    # time (MatMul-heavy nets); auto: static, then dynamic where static fails or loses more than max_drop
+    int8: Literal["auto", "static", "dynamic"] = "auto"
     calibration_samples: int = 256  # (int) training samples used to calibrate static INT8
     max_drop: float = 0.5  # (float) metric points a variant may lose against fp32 before it is rejected
+
+    def __post_init__(self):
+        if self.calibration_samples < 1 or self.max_drop < 0:
+            raise ValueError("calibration_samples must be >= 1 and max_drop >= 0")
 
 
 @dataclass
@@ -32,6 +38,10 @@ class BenchmarkConfig:
     seconds: float = 2.0  # (float) time budget per backend and batch size
     min_runs: int = 5  # (int) fewest timed calls per backend and batch size
     threads: int = 0  # (int) intra-op threads for ORT and torch; 0 = all cores
+
+    def __post_init__(self):
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or self.seconds <= 0 or self.min_runs < 1:
+            raise ValueError("batch_sizes must be >= 1 (at least one), seconds > 0 and min_runs >= 1")
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""The stage commands end to end, and every bad input: one ``error:`` line, exit 2, nothing half-written."""
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from tests.conftest import run_cli
+
+BUNDLE_FILES = {"config.json", "checkpoint.safetensors", "training_state.pt", "metrics.jsonl", "curves.png",
+                "model.onnx", "model.opt.onnx", "model.int8.onnx", "model.fp16.onnx", "manifest.json",
+                "benchmark.json", "benchmark.md", "benchmark.png", "MODEL_CARD.md"}
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
+    assert {p.name for p in smoke_bundle.iterdir()} == BUNDLE_FILES
+    m = json.loads((smoke_bundle / "manifest.json").read_text())
+    assert m["task"] == "classify" and m["schema_version"] == 1 and m["labels"] == [str(d) for d in range(10)]
+    assert set(m["files"]) == BUNDLE_FILES - {"manifest.json"}
+    for name, entry in m["files"].items():
+        assert hashlib.sha256((smoke_bundle / name).read_bytes()).hexdigest() == entry["sha256"], name
+    assert m["parity"]["max_abs_diff"] <= 1e-4 and m["parity"]["top1_agreement"] == 1.0
+    assert m["parity"]["samples"] == 359
+    assert m["variants"]["fp32"]["accuracy"] == pytest.approx(m["metrics"]["torch"]["accuracy"], abs=0.3)
+    for variant in ("opt", "int8", "fp16"):
+        v = m["variants"][variant]
+        assert v["status"] in ("accepted", "rejected", "failed")
+        assert "accuracy" in v or v["status"] == "failed"
+    assert {s["name"] for s in m["io"]["inputs"]} == {"image"}
+    assert m["io"]["dims"]["batch"]["max"] >= 256
+    bench = json.loads((smoke_bundle / "benchmark.json").read_text())
+    backends = {r["backend"] for r in bench["rows"]}
+    assert {"torch eager", "ORT fp32"} <= backends
+    assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in bench["rows"])
+    card = (smoke_bundle / "MODEL_CARD.md").read_text()
+    assert "onnxruntime" in card and "accuracy" in card
+
+
+@pytest.mark.slow
+def test_model_card_snippet_runs_on_an_image_file(smoke_bundle, tmp_path, monkeypatch):
+    """The MODEL_CARD's snippet, as written, classifies a digit PNG with onnxruntime and numpy alone."""
+    card = (smoke_bundle / "MODEL_CARD.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    from pipeline.data.images import load_digits
+
+    test = load_digits().test
+    Image.fromarray(np.kron(test.images[0, :, :, 0], np.ones((4, 4), np.uint8))).save(tmp_path / "digit.png")
+    shutil.copy(smoke_bundle / "model.onnx", tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    exec(snippet, {"print": lambda *a: printed.append(a)})  # noqa: S102 - the documented snippet itself
+    label, confidence = printed[0]
+    assert label in [str(d) for d in range(10)] and 0 < confidence <= 1
+    meta = ort.InferenceSession(str(tmp_path / "model.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["task"] == "classify" and "image" in meta["inputs"]
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "nosuch"], "unknown task 'nosuch'; known: classify"),
+    (["run", "nosuch"], "unknown task 'nosuch'"),
+    (["train", "classify", "--set", "train.lrr=1"], "did you mean 'train.lr'?"),
+    (["train", "classify", "--set", "train.epochs=many"], "train.epochs: expected int, got 'many'"),
+    (["train", "classify", "--config", "missing.toml"], "config file not found"),
+])
+def test_bad_training_input(capsys, tmp_path, argv, message):
+    assert message in _error(capsys, argv + ["--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_bad_image_folders(capsys, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    assert "has no images" in _error(capsys, ["train", "classify", "--data", str(tmp_path / "empty"), "--out", str(out)])
+    (tmp_path / "mixed" / "a").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "mixed" / "a" / "x.png")
+    (tmp_path / "mixed" / "a" / "readme.md").write_text("#")
+    assert "not an image file" in _error(capsys, ["train", "classify", "--data", str(tmp_path / "mixed"), "--out", str(out)])
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def _copy(bundle, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def _listing(path):
+    return sorted((p.name, p.stat().st_size) for p in path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage,command,message", [
+    ("delete checkpoint.safetensors", "export", "checkpoint.safetensors not found"),
+    ("corrupt checkpoint.safetensors", "export", "checkpoint.safetensors is corrupt"),
+    ("delete model.onnx", "optimize", "model.onnx not found; run `python -m pipeline export` first"),
+    ("corrupt model.onnx", "optimize", "model.onnx is corrupt"),
+    ("truncate model.onnx", "benchmark", "model.onnx is corrupt"),
+    ("delete manifest.json", "export", "not a finished run"),
+    ("none", "optimize --tensorrt", "--tensorrt: TensorRT is not installed"),
+])
+def test_damaged_bundle(capsys, smoke_bundle, tmp_path, damage, command, message):
+    run = _copy(smoke_bundle, tmp_path)
+    action, _, name = damage.partition(" ")
+    if action == "delete":
+        (run / name).unlink()
+    elif action == "corrupt":
+        data = bytearray((run / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (run / name).write_bytes(bytes(data))
+    elif action == "truncate":
+        (run / name).write_bytes((run / name).read_bytes()[:1000])
+    before = _listing(run)
+    cmd, *flags = command.split()
+    assert message in _error(capsys, [cmd, str(run), *flags])
+    assert _listing(run) == before, "a failed stage must leave the bundle as it was"
+
+
+def test_missing_run_folder(capsys, tmp_path):
+    assert "run folder not found" in _error(capsys, ["export", str(tmp_path / "nope")])
+
+
+@pytest.mark.slow
+def test_real_process_exit_code(tmp_path):
+    proc = run_cli("train", "classify", "--set", "model.widths=[1,2", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model.widths: expected a list")
