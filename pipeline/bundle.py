@@ -72,9 +72,10 @@ def new_manifest(task: str, run_name: str, cfg: dict, labels: list[str], metric:
 def write_manifest(run_dir: Path, manifest: dict) -> None:
     """Re-hash every file of the bundle, then replace ``manifest.json`` atomically."""
     files = {}
-    for path in sorted(run_dir.iterdir()):
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
-            files[path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+    for path in sorted(run_dir.rglob("*")):
+        name = path.relative_to(run_dir).as_posix()
+        if path.is_file() and name != MANIFEST and not any(part.startswith(".") for part in path.parts[-2:]):
+            files[name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
     manifest["files"] = files
     manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_json(run_dir / MANIFEST, manifest)

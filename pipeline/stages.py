@@ -159,10 +159,23 @@ def export(run_dir: str | Path) -> Path:
                           "bounds": [str(b) for b in contract.parity]}
     manifest["variants"] = {"fp32": {"file": bundle.ONNX, "status": "accepted", **scores}}
     manifest["metrics"]["onnx_fp32"] = scores
-    write_text(run.dir / "MODEL_CARD.md", bundle.model_card({**manifest}, task.USAGE))
+    samples = task.examples(run.data)
+    _write_examples(run.dir / "examples", samples)
+    manifest["examples"] = [f"examples/{name}" for name, _ in samples]
+    write_text(run.dir / "MODEL_CARD.md", bundle.model_card(manifest, task.USAGE))
     bundle.write_manifest(run.dir, manifest)
     print(f"parity {json.dumps(parity)}; onnx {metric} {scores[metric]:.2f}", flush=True)
     return dst
+
+
+def _write_examples(folder: Path, examples: list[tuple[str, np.ndarray]]) -> None:
+    """Held-out samples as PNG files for the app and the model card (each written atomically)."""
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for name, image in examples:
+        with atomic_path(folder / name) as tmp:
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------

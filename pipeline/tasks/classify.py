@@ -46,8 +46,8 @@ class DataConfig:
 
 
 PRESETS = {
-    "smoke": {"model": {"name": "lenet", "channels": [8, 16], "hidden": 32},
-              "train": {"epochs": 1, "batch_size": 128, "warmup_epochs": 0.0},
+    "smoke": {"model": {"name": "lenet", "channels": [16, 32], "hidden": 64},
+              "train": {"epochs": 8, "batch_size": 64, "lr": 4e-3, "warmup_epochs": 0.0},
               "optimize": {"calibration_samples": 64}, "benchmark": {"batch_sizes": [1, 32], "seconds": 0.1}},
     "quick": {"model": {"name": "resnet", "image_size": 24, "widths": [32, 64, 128], "blocks": [1, 1, 1]},
               "train": {"epochs": 40, "batch_size": 64, "lr": 3e-3}},
@@ -242,6 +242,18 @@ def parity(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]])
     a = np.concatenate([o[0] for o in reference]).astype(np.float64)
     b = np.concatenate([o[0] for o in candidate]).astype(np.float64)
     return {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
+
+
+def examples(data: ImageData, per_class: int = 2, scale: int = 8) -> list[tuple[str, np.ndarray]]:
+    """Held-out test images for the app, ``per_class`` of each label, enlarged (nearest) to be seen."""
+    out = []
+    for c, label in enumerate(data.class_names):
+        for i in np.flatnonzero(data.test.labels == c)[:per_class]:
+            image = data.test.images[i]
+            if image.shape[0] < 64:
+                image = np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8))
+            out.append((f"{label}_{i}.png", image))
+    return out
 
 
 def metadata(cfg: RunConfig, data: ImageData) -> dict[str, str]:

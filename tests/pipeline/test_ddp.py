@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pipeline", "train", "classify", "--preset", "smoke", "--set", "train.epochs=2", "--out", str(tmp_path)]
+           "-m", "pipeline", "train", "classify", "--preset", "smoke", "--set", "train.epochs=2", "--set", "train.batch_size=128", "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,42 @@
+"""``python -m serve [ARTIFACTS_DIR]``: serve the newest bundle per task (or the named runs)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
+    p.add_argument("artifacts", nargs="?", default="artifacts", help="artifacts folder (default: artifacts)")
+    p.add_argument("--run", action="append", default=[], metavar="RUN",
+                   help="serve this run (folder name or path) instead of the newest of its task (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--concurrency", type=int, default=8, help="requests run at once (default: 8)")
+    p.add_argument("--max-upload", default="10mb", help="largest upload (default: 10mb)")
+    args = p.parse_args(argv)
+
+    from serve.app import build_app
+    from serve.discover import find_bundles
+
+    bundles, problems = find_bundles(args.artifacts, args.run or None)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    for task, b in bundles.items():
+        print(f"{task}: {b.path} (variants: {', '.join(b.variants())})")
+    if not bundles:
+        print(f"no bundle found in {args.artifacts}; make one with `python -m pipeline run classify --preset quick`")
+    app = build_app(bundles, problems, args.artifacts)
+    app.queue(default_concurrency_limit=args.concurrency, max_size=256)
+    print(f"serving on http://{args.host}:{args.port}", flush=True)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True,
+               quiet=True, footer_links=["api"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

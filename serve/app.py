@@ -1,0 +1,68 @@
+"""The Gradio app: a tab per task with a bundle, and a Models tab describing every bundle."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from serve.runtime import Bundle  # noqa: E402
+from serve.tasks import TABS  # noqa: E402
+
+MAKE_ONE = "python -m pipeline run classify --preset quick"
+
+
+def _variants_table(bundle: Bundle) -> str:
+    metric = bundle.manifest.get("metric", {}).get("name", "metric")
+    rows = [f"| variant | file | {metric} | status |", "| --- | --- | ---: | --- |"]
+    for name, v in bundle.manifest["variants"].items():
+        value = v.get(metric)
+        note = v["status"] + (f": {v['reason']}" if v.get("reason") else "")
+        if v.get("file") in bundle.bad_files:
+            note = f"not used: {v['file']} {bundle.bad_files[v['file']]}"
+        rows.append(f"| {name} | `{v.get('file', '-')}` | {value:.2f} |" if isinstance(value, (int, float))
+                    else f"| {name} | `{v.get('file', '-')}` | - |")
+        rows[-1] += f" {note} |"
+    return "\n".join(rows)
+
+
+def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
+    if not bundles:
+        gr.Markdown("No bundles yet.")
+    for task, bundle in bundles.items():
+        m = bundle.manifest
+        torch_metric = m.get("metrics", {}).get("torch", {})
+        gr.Markdown(f"### {task}: `{bundle.name}`\n{m.get('architecture', '')}, preset {m.get('preset')}, "
+                    f"data: {m.get('data', '-')}; folder `{bundle.path}`\n\n"
+                    f"PyTorch test metrics: `{json.dumps({k: v for k, v in torch_metric.items() if k != 'test'})}`; "
+                    f"ONNX parity: `{json.dumps(m.get('parity', {}))}`\n\n" + _variants_table(bundle))
+        bench = bundle.file("benchmark.md")
+        if bench:
+            gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())
+        with gr.Row():
+            for name, title in (("curves.png", "Training curves"), ("benchmark.png", "Benchmark")):
+                if p := bundle.file(name):
+                    gr.Image(str(p), label=title, interactive=False, buttons=[])
+    for line in problems:
+        gr.Markdown(f"⚠️ {line}")
+
+
+def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, root: str | Path = "artifacts") -> gr.Blocks:
+    problems = problems or []
+    with gr.Blocks(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
+        gr.Markdown("# Little Book of Deep Learning: ONNX demos\nEvery model here runs from its ONNX file "
+                    "with ONNX Runtime alone: pre- and post-processing are inside the graph.")
+        if not bundles:
+            gr.Markdown(f"**No model bundle found in `{root}`.** Make one with\n\n```\n{MAKE_ONE}\n```\n\n"
+                        "then start this app again.", elem_id="no-bundle")
+        with gr.Tabs():
+            for task, module in TABS.items():
+                if task in bundles:
+                    with gr.Tab(module.TITLE, id=task):
+                        module.build_tab(bundles[task])
+            with gr.Tab("Models", id="models"):
+                _models_tab(bundles, problems)
+    return app

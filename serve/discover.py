@@ -1,0 +1,44 @@
+"""Find bundles under an artifacts folder: ``<root>/<task>/<run>/manifest.json``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serve.runtime import Bundle, BundleError
+
+
+def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[str, Bundle], list[str]]:
+    """The newest bundle per task (or the named ``runs``), and one line per bundle that could not be used."""
+    root = Path(root)
+    problems: list[str] = []
+    chosen: dict[str, Bundle] = {}
+    if not root.is_dir():
+        return chosen, problems
+    candidates = sorted(root.glob("*/*/manifest.json"), key=lambda p: _created(p), reverse=True)
+    for manifest in candidates:
+        run_dir = manifest.parent
+        if runs and run_dir.name not in runs and str(run_dir) not in runs:
+            continue
+        task = run_dir.parent.name
+        if task in chosen:
+            continue
+        try:
+            bundle = Bundle.open(run_dir)
+        except BundleError as e:
+            problems.append(str(e))
+            continue
+        if "fp32" not in bundle.variants():
+            problems.append(f"{run_dir}: model.onnx is missing or damaged ({bundle.bad_files.get('model.onnx', 'not exported')})")
+            continue
+        chosen[task] = bundle
+    if runs:
+        found = {b.path.name for b in chosen.values()} | {str(b.path) for b in chosen.values()}
+        problems += [f"run {r!r} not found under {root}" for r in runs if r not in found]
+    return chosen, problems
+
+
+def _created(manifest: Path) -> str:
+    try:
+        return json.loads(manifest.read_text()).get("created", "") + manifest.parent.name
+    except (OSError, json.JSONDecodeError):
+        return ""

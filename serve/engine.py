@@ -1,0 +1,67 @@
+"""A TensorRT engine (``model.<gpu>-trt<version>.plan``) run from numpy, without torch.
+
+Needs the ``gpu`` extra: tensorrt, plus cuda-python for device memory. Untested where this was
+written (no TensorRT could be installed); written to TensorRT 10's documented API.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from serve.runtime import BundleError
+
+
+class EngineSession:
+    provider = "TensorRT engine"
+
+    def __init__(self, path: Path):
+        try:
+            import tensorrt as trt
+            from cuda.bindings import runtime as cudart
+        except ImportError as e:
+            raise BundleError(f"{path.name} needs tensorrt and cuda-python (pip install '.[gpu]'): {e}") from None
+        self.trt, self.cudart = trt, cudart
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BundleError(f"{path.name} was built for another GPU or TensorRT {trt.__version__}; rebuild it "
+                              "with `python -m pipeline optimize RUN_DIR --tensorrt`")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def _malloc(self, nbytes: int) -> int:
+        err, ptr = self.cudart.cudaMalloc(max(1, nbytes))
+        if err != self.cudart.cudaError_t.cudaSuccess:
+            raise BundleError(f"cudaMalloc failed: {err}")
+        return ptr
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        cudart, trt = self.cudart, self.trt
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        buffers = []
+        try:
+            for name in self.inputs:
+                host = np.ascontiguousarray(feeds[name])
+                ptr = self._malloc(host.nbytes)
+                buffers.append(ptr)
+                cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, h2d)
+                self.context.set_input_shape(name, host.shape)
+                self.context.set_tensor_address(name, ptr)
+            hosts = []
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                host = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+                ptr = self._malloc(host.nbytes)
+                buffers.append(ptr)
+                self.context.set_tensor_address(name, ptr)
+                hosts.append((host, ptr))
+            self.context.execute_async_v3(0)
+            cudart.cudaDeviceSynchronize()
+            for host, ptr in hosts:
+                cudart.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, d2h)
+            return [h.astype(np.float32) if h.dtype == np.float16 else h for h, _ in hosts]
+        finally:
+            for ptr in buffers:
+                cudart.cudaFree(ptr)

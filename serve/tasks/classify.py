@@ -1,0 +1,134 @@
+"""Classification: images from uploads and sketches to the graph's ``image`` input, and the tab."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve.runtime import VARIANT_TITLES, Bundle, BundleError
+
+TITLE = "Classify"
+MAX_SIDE = 4096  # pixels; larger uploads are refused before decoding
+INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
+NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, ...)"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An uploaded file as uint8 (H, W, 3); a non-image or a huge image is a BundleError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if max(w, h) > MAX_SIDE:
+                raise BundleError(f"the image is {w}x{h} pixels; the largest side may be {MAX_SIDE}")
+            return flatten(np.asarray(im.convert("RGBA")))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise BundleError(NOT_AN_IMAGE) from None
+
+
+def flatten(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 3) or (H, W, 4) -> uint8 (H, W, 3); transparency is laid on white paper."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[-1] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255.0
+        image = np.round(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return image
+
+
+def from_sketch(value: Any) -> np.ndarray:
+    """A Sketchpad value -> the drawing cropped to its ink, centred on a square of white paper
+    (the digits were scanned that way); an empty sketch is a BundleError."""
+    composite = value.get("composite") if isinstance(value, dict) else value
+    if composite is None:
+        raise BundleError("the sketch is empty: draw a digit first")
+    image = flatten(composite)
+    ink = image.min(axis=-1) < 255 - INK_THRESHOLD
+    if not ink.any():
+        raise BundleError("the sketch is empty: draw a digit first")
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    side = int(max(crop.shape[:2]) * 1.15) + 2
+    paper = np.full((side, side, 3), 255, dtype=np.uint8)
+    top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    paper[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return paper
+
+
+def predict(bundle: Bundle, image: np.ndarray, variant: str = "fp32", top_k: int = 5) -> tuple[dict[str, float], str]:
+    """uint8 (H, W, C) -> ({label: probability} of the top k, a line on latency and provider)."""
+    pred = bundle.run({"image": image[None]}, variant)
+    probs = pred.outputs["probs"][0]
+    labels = bundle.labels or [str(i) for i in range(len(probs))]
+    order = np.argsort(probs)[::-1][:top_k]
+    line = f"{pred.seconds * 1000:.2f} ms in the model ({VARIANT_TITLES.get(variant, variant)}, {pred.provider})"
+    return {labels[i]: float(probs[i]) for i in order}, line
+
+
+def build_tab(bundle: Bundle) -> None:
+    """The tab's components and events (inside an open ``gr.Tab``)."""
+    import gradio as gr
+
+    def guarded(fn):
+        def run(*args):
+            try:
+                return fn(*args)
+            except BundleError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+        return run
+
+    def classify_upload(path, variant):
+        if path is None:
+            raise BundleError("no image: upload one, pick an example, or draw in the Draw tab")
+        return predict(bundle, read_image(path), variant)
+
+    def classify_sketch(value, variant):
+        return predict(bundle, from_sketch(value), variant)
+
+    def readable_preprocess(component, message: str) -> None:
+        """Gradio's own decoding error names its internals; show people ``message`` instead."""
+        original = component.preprocess
+
+        def preprocess(payload):
+            try:
+                return original(payload)
+            except Exception:  # noqa: BLE001 - any undecodable upload means the same to a person
+                raise gr.Error(message, print_exception=False) from None
+
+        component.preprocess = preprocess
+
+    variants = bundle.variants()
+    gr.Markdown(f"**{bundle.name}**: {bundle.manifest.get('architecture', '')} over labels "
+                f"{', '.join(bundle.labels)}. Draw a digit or upload an image.")
+    with gr.Row():
+        with gr.Column():
+            with gr.Tabs():
+                with gr.Tab("Draw"):
+                    sketch = gr.Sketchpad(label="Draw a digit", type="numpy", image_mode="RGBA",
+                                          canvas_size=(280, 280), elem_id="classify-sketch",
+                                          brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
+                    sketch_btn = gr.Button("Classify drawing", variant="primary", elem_id="classify-sketch-btn")
+                with gr.Tab("Upload"):
+                    # image_mode=None: Gradio hands over the uploaded file as is (no decode and
+                    # re-encode into its cache, which also races on identical concurrent uploads)
+                    upload = gr.Image(label="Image", type="filepath", image_mode=None,
+                                      sources=["upload", "clipboard"], elem_id="classify-upload")
+                    upload_btn = gr.Button("Classify image", variant="primary", elem_id="classify-upload-btn")
+                    examples = [str(p) for name in bundle.manifest.get("examples", []) if (p := bundle.file(name))]
+                    if examples:
+                        gr.Examples(examples=examples, inputs=[upload], label="Held-out test digits")
+            variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="classify-variant")
+        with gr.Column():
+            label = gr.Label(num_top_classes=3, label="Prediction", elem_id="classify-label")
+            latency = gr.Textbox(label="Latency", interactive=False, elem_id="classify-latency")
+    readable_preprocess(upload, NOT_AN_IMAGE)
+    readable_preprocess(sketch, "the sketch could not be read; clear it and draw again")
+    upload_btn.click(guarded(classify_upload), [upload, variant], [label, latency], api_name="classify")
+    sketch_btn.click(guarded(classify_sketch), [sketch, variant], [label, latency], api_name="classify_sketch")

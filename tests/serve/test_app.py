@@ -1,0 +1,81 @@
+"""The app's endpoints through gradio_client, with held-out digits and bad input."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from gradio_client import Client, handle_file  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def test_held_out_digits_get_their_labels(client, served_bundle):
+    import json
+
+    manifest = json.loads((served_bundle / "manifest.json").read_text())
+    right = 0
+    for name in manifest["examples"]:
+        result, latency = client.predict(handle_file(str(served_bundle / name)), "fp32", api_name="/classify")
+        right += result["label"] == name.split("/")[1].split("_")[0]
+        assert "ms in the model" in latency and "CPUExecutionProvider" in latency
+    assert right >= 0.85 * len(manifest["examples"]), f"{right}/{len(manifest['examples'])}"
+
+
+def test_every_variant_answers(client, served_bundle):
+    import json
+
+    manifest = json.loads((served_bundle / "manifest.json").read_text())
+    example = handle_file(str(served_bundle / manifest["examples"][0]))
+    for variant, entry in manifest["variants"].items():
+        if entry["status"] == "accepted":
+            result, _ = client.predict(example, variant, api_name="/classify")
+            assert result["label"] in manifest["labels"]
+
+
+def _fails(client, *args, api_name, match):
+    with pytest.raises(Exception) as e:
+        client.predict(*args, api_name=api_name)
+    assert match in str(e.value), str(e.value)[:500]
+
+
+def test_bad_input_is_a_readable_message_and_serving_goes_on(client, served_bundle, tmp_path):
+    (tmp_path / "notes.png").write_text("definitely not a picture")
+    _fails(client, handle_file(str(tmp_path / "notes.png")), "fp32", api_name="/classify", match="not an image")
+    Image.new("L", (5000, 40), 255).save(tmp_path / "wide.png")
+    _fails(client, handle_file(str(tmp_path / "wide.png")), "fp32", api_name="/classify", match="largest side may be 4096")
+    _fails(client, {"background": None, "layers": [], "composite": None}, "fp32", api_name="/classify_sketch",
+           match="draw a digit first")
+    blank = tmp_path / "blank.png"
+    Image.new("RGBA", (280, 280), (0, 0, 0, 0)).save(blank)
+    _fails(client, {"background": None, "layers": [], "composite": handle_file(str(blank))}, "fp32",
+           api_name="/classify_sketch", match="draw a digit first")
+    big = tmp_path / "big.png"  # over the 2 MB upload limit the test server was started with
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(big)
+    with pytest.raises(Exception):
+        client.predict(handle_file(str(big)), "fp32", api_name="/classify")
+    # the server still answers
+    ink = np.full((280, 280, 4), 0, np.uint8)
+    ink[60:220, 130:150] = [0, 0, 0, 255]
+    Image.fromarray(ink).save(tmp_path / "one.png")
+    result, _ = client.predict({"background": None, "layers": [], "composite": handle_file(str(tmp_path / "one.png"))},
+                               "fp32", api_name="/classify_sketch")
+    assert result["label"] in [str(d) for d in range(10)]
+
+
+def test_altered_variant_is_refused_and_others_still_serve(client, served_bundle):
+    import json
+
+    manifest = json.loads((served_bundle / "manifest.json").read_text())
+    example = handle_file(str(served_bundle / manifest["examples"][0]))
+    path = served_bundle / "model.opt.onnx"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated on disk while serving
+    _fails(client, example, "opt", api_name="/classify", match="altered or truncated")
+    result, _ = client.predict(example, "fp32", api_name="/classify")
+    assert result["label"] in manifest["labels"]

@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from serve.discover import find_bundles
+from serve.runtime import Bundle, BundleError, OrtSession
+from tests.conftest import ROOT
+
+
+def _digits(bundle, n=20):
+    from PIL import Image
+
+    out = []
+    for name in bundle.manifest["examples"][:n]:
+        out.append((np.asarray(Image.open(bundle.path / name).convert("L"))[..., None], name.split("/")[1].split("_")[0]))
+    return out
+
+
+def test_bundle_opens_and_predicts(bundle_copy):
+    b = Bundle.open(bundle_copy)
+    assert b.task == "classify" and b.bad_files == {} and b.variants()[0] == "fp32"
+    right = 0
+    for image, label in _digits(b):
+        pred = b.run({"image": image[None]}, "fp32")
+        assert pred.provider == "CPUExecutionProvider" and pred.seconds > 0
+        right += b.labels[int(pred.outputs["probs"][0].argmax())] == label
+    assert right >= 17
+    assert b.session("fp32") is b.session("fp32"), "sessions are reused"
+
+
+@pytest.mark.parametrize("feeds,message", [
+    ({"image": np.zeros((1, 8, 8, 1), np.float32)}, "image: expected uint8, got float32"),
+    ({"image": np.zeros((8, 8, 1), np.uint8)}, "expected 4 dimensions"),
+    ({"image": np.zeros((1, 5000, 8, 1), np.uint8)}, "height must be between 8 and 4096, got 5000"),
+    ({"image": np.zeros((1, 8, 8, 7), np.uint8)}, "channels must be between 1 and 4, got 7"),
+    ({"pixels": np.zeros((1, 8, 8, 1), np.uint8)}, "missing ['image']"),
+])
+def test_inputs_are_checked(bundle_copy, feeds, message):
+    with pytest.raises(BundleError) as e:
+        Bundle.open(bundle_copy).run(feeds)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["altered", "truncated"])
+def test_altered_file_is_never_loaded(bundle_copy, how):
+    path = bundle_copy / "model.int8.onnx"
+    data = path.read_bytes()
+    path.write_bytes(data[:100] if how == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
+    b = Bundle.open(bundle_copy)
+    assert "model.int8.onnx" in b.bad_files and "int8" not in b.variants()
+    with pytest.raises(BundleError, match="sha256"):
+        b.session("int8")
+    assert b.run({"image": np.full((1, 8, 8, 1), 255, np.uint8)}, "fp32").outputs["probs"].shape == (1, 10)
+
+
+def test_file_altered_after_opening_is_refused(bundle_copy):
+    b = Bundle.open(bundle_copy)
+    (bundle_copy / "model.fp16.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BundleError, match="altered or truncated"):
+        b.run({"image": np.zeros((1, 8, 8, 1), np.uint8)}, "fp16")
+
+
+def test_discovery_skips_broken_bundles(bundle_copy):
+    root = bundle_copy.parent.parent
+    newer = bundle_copy.with_name("zzz-newer")
+    newer.mkdir()
+    (newer / "manifest.json").write_text('{"schema_version": 99, "created": "9999"}')
+    bundles, problems = find_bundles(root)
+    assert bundles["classify"].path == bundle_copy, "the newest usable bundle is served"
+    assert any("manifest schema 99 is not 1" in p for p in problems)
+    (newer / "manifest.json").write_text("{broken")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle.open(newer)
+    (bundle_copy / "model.onnx").write_bytes(b"")
+    bundles, problems = find_bundles(root)
+    assert bundles == {} and any("model.onnx is missing or damaged" in p for p in problems)
+
+
+def test_gpu_asked_but_not_used_warns(bundle_copy):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sess = OrtSession(bundle_copy / "model.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sess.provider == "CPUExecutionProvider"
+    assert any("GPU provider was asked for" in str(w.message) for w in caught)
+
+
+def test_serve_runs_with_torch_unimportable(bundle_copy, tmp_path):
+    """The runtime and the app's construction, in a process where torch, models and pipeline cannot import."""
+    script = f"""
+import sys
+for name in ("torch", "models", "pipeline", "export"):
+    sys.modules[name] = None  # makes `import name` raise ImportError
+import numpy as np
+from serve.runtime import Bundle
+from serve.app import build_app
+from serve.discover import find_bundles
+b = Bundle.open({str(bundle_copy)!r})
+p = b.run({{"image": np.full((2, 30, 30, 3), 255, np.uint8)}})
+bundles, _ = find_bundles({str(bundle_copy.parent.parent)!r})
+build_app(bundles)
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
+print("ok", p.outputs["probs"].shape)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ok (2, 10)" in proc.stdout
+
+
+def test_manifest_is_what_serving_expects(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    assert m["examples"] and all(name in m["files"] for name in m["examples"])
