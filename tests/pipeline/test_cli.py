@@ -18,10 +18,11 @@ BUNDLE_FILES = {"config.json", "checkpoint.safetensors", "training_state.pt", "m
 
 @pytest.mark.slow
 def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
-    assert {p.name for p in smoke_bundle.iterdir()} == BUNDLE_FILES
+    assert {p.name for p in smoke_bundle.iterdir()} == BUNDLE_FILES | {"examples"}
     m = json.loads((smoke_bundle / "manifest.json").read_text())
     assert m["task"] == "classify" and m["schema_version"] == 1 and m["labels"] == [str(d) for d in range(10)]
-    assert set(m["files"]) == BUNDLE_FILES - {"manifest.json"}
+    assert len(m["examples"]) == 20 and all(name.startswith("examples/") for name in m["examples"])
+    assert set(m["files"]) == (BUNDLE_FILES - {"manifest.json"}) | set(m["examples"])
     for name, entry in m["files"].items():
         assert hashlib.sha256((smoke_bundle / name).read_bytes()).hexdigest() == entry["sha256"], name
     assert m["parity"]["max_abs_diff"] <= 1e-4 and m["parity"]["top1_agreement"] == 1.0
