@@ -45,6 +45,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     sys.exit("the server did not start in time")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 async def one_request(client, image: bytes, name: str, variant: str) -> None:
     """Gradio's HTTP API, as any language would call it: upload, start the call, read its result."""
     r = await client.post("/gradio_api/upload", files={"files": (name, image, "image/png")})
@@ -104,7 +113,9 @@ def main() -> None:
                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_ready(url, server)
+        cpu0 = cpu_seconds(server.pid)
         latencies, errors, elapsed = asyncio.run(load(url, examples, args))
+        server_cpu = cpu_seconds(server.pid) - cpu0
         lat = np.asarray(latencies) * 1000
         print(f"bundle {bundle.name}, variant {args.variant}, {args.clients} clients, {elapsed:.1f} s, "
               f"server concurrency {args.concurrency}")
@@ -112,6 +123,9 @@ def main() -> None:
         if len(lat):
             print(f"latency ms: p50 {np.percentile(lat, 50):.1f}  p90 {np.percentile(lat, 90):.1f}  "
                   f"p99 {np.percentile(lat, 99):.1f}  max {lat.max():.1f}")
+        if len(lat) and server_cpu > 0:
+            print(f"server CPU: {1000 * server_cpu / len(lat):.1f} ms per request "
+                  f"({100 * server_cpu / elapsed:.0f}% of one core)")
         for e in sorted(set(errors))[:5]:
             print("error:", e)
     finally:

@@ -1,12 +1,13 @@
 """Writes that are all-or-nothing: a temporary name in the same folder, renamed on success."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from serve.files import sha256  # noqa: F401 - re-exported: the one hash both sides use
 
 
 @contextmanager
@@ -31,10 +32,3 @@ def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

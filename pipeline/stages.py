@@ -92,10 +92,8 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     torch.manual_seed(cfg.train.seed)
     model = task.build_model(cfg, dataset)
     meta = {"task": task.NAME, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
-    step_fn = task.make_training_step(cfg)
-    trainer = type("TaskSteps", (), {"training_step": staticmethod(step_fn), "evaluate": staticmethod(task.evaluate)})
-    fit(trainer, model, task.torch_split(dataset.train), task.torch_split(dataset.val), cfg.train, run_dir, meta,
-        resume=resume is not None)
+    fit(task.make_training_step(cfg), task.evaluate, model, task.torch_split(dataset.train),
+        task.torch_split(dataset.val), cfg.train, run_dir, meta, resume=resume is not None)
     if not rt.is_main:
         return run_dir
     test = task.evaluate(model, task.torch_split(dataset.test), rt.device)

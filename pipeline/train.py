@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,9 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
+
+StepFn = Callable[[nn.Module, Any, torch.device, torch.Generator], tuple[torch.Tensor, int]]
+EvalFn = Callable[[nn.Module, Dataset, torch.device], dict[str, float]]
 
 CHECKPOINT = "checkpoint.safetensors"
 TRAINING_STATE = "training_state.pt"
@@ -217,12 +220,12 @@ def train_one_epoch(
     return total / max(1, count)
 
 
-def fit(task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, run_dir: Path,
-        meta: dict[str, str], resume: bool = False) -> dict[str, float]:
+def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, val_set: Dataset,
+        cfg: TrainConfig, run_dir: Path, meta: dict[str, str], resume: bool = False) -> dict[str, float]:
     """Train ``model`` on ``train_set``, evaluating on ``val_set`` each epoch; returns the last val metrics.
 
-    ``task`` provides ``training_step(model, batch, device, generator) -> (loss, n)`` and
-    ``evaluate(model, data_set, device) -> dict``. Only rank 0 writes to ``run_dir``.
+    The task supplies ``step_fn(model, batch, device, generator) -> (loss, samples)`` and
+    ``eval_fn(model, data_set, device) -> metrics``. Only rank 0 writes to ``run_dir``.
     """
     rt = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
@@ -261,11 +264,11 @@ def fit(task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: Train
         sampler.set_epoch(epoch)
         generator = torch.Generator(rt.device).manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(train_model, loader, optimizer, task.training_step, rt, cfg, state, lr_at, log,
-                                     dtype, generator)
+        train_loss = train_one_epoch(train_model, loader, optimizer, step_fn, rt, cfg, state, lr_at, log, dtype,
+                                     generator)
         seconds = time.perf_counter() - t0
         if rt.is_main:
-            val = task.evaluate(model, val_set, rt.device)
+            val = eval_fn(model, val_set, rt.device)
             log({"split": "val", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
                  "epoch_seconds": seconds, **val})
             save_checkpoint(run_dir, model, optimizer, epoch + 1, state["step"], meta)

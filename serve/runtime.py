@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serve.files import sha256
+
 SCHEMA_VERSION = 1
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
@@ -30,14 +31,6 @@ VARIANT_TITLES = {"fp32": "fp32 (model.onnx)", "opt": "fp32, ORT-optimized", "in
 
 class BundleError(Exception):
     """A bundle, file or input that cannot be used; the message is meant for people."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -98,7 +91,7 @@ class Bundle:
             p = self.path / name
             if not p.is_file():
                 bad[name] = "missing"
-            elif p.stat().st_size != entry["bytes"] or _sha256(p) != entry["sha256"]:
+            elif p.stat().st_size != entry["bytes"] or sha256(p) != entry["sha256"]:
                 bad[name] = "altered or truncated (sha256 does not match the manifest)"
         with self._lock:
             self.bad_files = bad
@@ -171,7 +164,7 @@ class Bundle:
         if not path.is_file():
             raise BundleError(f"{name} is missing from {self.path}")
         stamp = _stamp(path)
-        if _sha256(path) != self.manifest["files"].get(name, {}).get("sha256"):
+        if sha256(path) != self.manifest["files"].get(name, {}).get("sha256"):
             self.bad_files[name] = "altered or truncated (sha256 does not match the manifest)"
             raise BundleError(f"{name} was altered or truncated after it was written (sha256 mismatch); not loaded")
         if variant == "tensorrt":
@@ -203,6 +196,8 @@ class OrtSession:
         asked = providers or [p for p in PREFERRED if p in available]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # a server runs many small requests side by side: idle ORT threads must sleep, not spin
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
         try:

@@ -73,5 +73,7 @@ def test_non_image_upload_shows_a_message(page, app_url, tmp_path):
     page.set_input_files("#classify-upload input[type=file]", str(tmp_path / "fake.png"))
     page.wait_for_timeout(1500)
     page.click("#classify-upload-btn")
-    page.wait_for_selector("text=not an image this app can read", timeout=30_000)
+    toast = page.wait_for_selector("text=not an image this app can read", timeout=30_000)
+    assert toast.is_visible()
+    page.wait_for_timeout(500)  # the toast slides in
     page.screenshot(path=str(tmp_path / "error.png"))
