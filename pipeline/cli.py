@@ -10,7 +10,8 @@ from pipeline.tasks.base import PRESETS
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline", description="The stages: train -> export -> optimize -> "
+                                "benchmark. Bad input ends with one 'error:' line and exit code 2.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def train_args(sp: argparse.ArgumentParser) -> None:
@@ -26,15 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("task", help="classify")
     train_args(sp)
     sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its last checkpoint")
-    for name, text in (("export", "export model.onnx and verify it against PyTorch"),
-                       ("benchmark", "time every backend side by side")):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp = sub.add_parser("export", help="export model.onnx and verify it against PyTorch on the test split")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
     sp = sub.add_parser("optimize", help="ORT-optimized, INT8, FP16 and TensorRT variants (no flag: INT8 and FP16)")
     sp.add_argument("run_dir", metavar="RUN_DIR")
-    sp.add_argument("--int8", action="store_true", help="INT8 (static, calibrated; optimize.int8=dynamic for weights only)")
+    sp.add_argument("--int8", action="store_true",
+                    help="INT8: static (calibrated) first, dynamic if static loses too much (optimize.int8 picks one)")
     sp.add_argument("--fp16", action="store_true", help="FP16 weights and activations")
     sp.add_argument("--tensorrt", action="store_true", help="a TensorRT FP16 engine (needs tensorrt and an NVIDIA GPU)")
+    sp = sub.add_parser("benchmark", help="time every backend side by side")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
     sp = sub.add_parser("run", help="train -> export -> optimize -> benchmark")
     sp.add_argument("task", help="classify, or all")
     train_args(sp)

@@ -21,7 +21,7 @@ from export import onnx_to_engine, onnx_to_ort
 from export.benchmark import batch_of, time_runner
 from export.ort import run as ort_run
 from export.ort import session as ort_session
-from export.torch_to_onnx import ExportError, export_onnx
+from export.torch_to_onnx import export_onnx
 from export.verify import collect, gate, torch_runner
 from pipeline import bundle, plots
 from pipeline.config import load_file
@@ -68,6 +68,9 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     layers.append(sets or {})
     if resume is not None:
         run_dir = Path(resume)
+        if not run_dir.name.endswith(PARTIAL) and (run_dir / bundle.MANIFEST).is_file():
+            raise PipelineError(f"cannot resume: {run_dir} is a finished run (its exports would no longer match "
+                                "its weights); start a new run instead")
         saved = run_dir / bundle.CONFIG
         if not saved.is_file():
             raise PipelineError(f"cannot resume: {saved} not found")
@@ -259,7 +262,8 @@ def optimize(run_dir: str | Path, int8: bool = True, fp16: bool = True, tensorrt
 
 
 def _runners(run: Run, manifest: dict, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads or torch.get_num_threads())
+    if threads:
+        torch.set_num_threads(threads)
     runners: dict[str, Any] = {"torch eager": torch_runner(run.task.deployable(run.model))}
     for variant, entry in manifest["variants"].items():
         if entry.get("status") != "accepted":

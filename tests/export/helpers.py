@@ -3,7 +3,6 @@ import dataclasses
 
 import torch
 
-import models
 from pipeline.tasks import classify
 from pipeline.tasks.base import resolve
 

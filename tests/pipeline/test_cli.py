@@ -131,6 +131,15 @@ def test_damaged_bundle(capsys, smoke_bundle, tmp_path, damage, command, message
 
 def test_missing_run_folder(capsys, tmp_path):
     assert "run folder not found" in _error(capsys, ["export", str(tmp_path / "nope")])
+    assert "cannot resume" in _error(capsys, ["train", "classify", "--resume", str(tmp_path / "nope.partial")])
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_resumed(capsys, smoke_bundle, tmp_path):
+    run = _copy(smoke_bundle, tmp_path)
+    before = _listing(run)
+    assert "is a finished run" in _error(capsys, ["train", "classify", "--resume", str(run)])
+    assert _listing(run) == before
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def _fails(client, *args, api_name, match):
     assert match in str(e.value), str(e.value)[:500]
 
 
-def test_bad_input_is_a_readable_message_and_serving_goes_on(client, served_bundle, tmp_path):
+def test_bad_input_is_a_readable_message_and_serving_goes_on(client, app_url, tmp_path):
     (tmp_path / "notes.png").write_text("definitely not a picture")
     _fails(client, handle_file(str(tmp_path / "notes.png")), "fp32", api_name="/classify", match="not an image")
     Image.new("L", (5000, 40), 255).save(tmp_path / "wide.png")
@@ -58,8 +58,12 @@ def test_bad_input_is_a_readable_message_and_serving_goes_on(client, served_bund
            api_name="/classify_sketch", match="draw a digit first")
     big = tmp_path / "big.png"  # over the 2 MB upload limit the test server was started with
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(big)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 2097152 bytes"):
         client.predict(handle_file(str(big)), "fp32", api_name="/classify")
+    import httpx  # the server refuses it too, whatever the client
+
+    r = httpx.post(app_url + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
+    assert r.status_code == 413, r.text[:200]
     # the server still answers
     ink = np.full((280, 280, 4), 0, np.uint8)
     ink[60:220, 130:150] = [0, 0, 0, 255]

@@ -1,0 +1,48 @@
+"""``python -m serve`` as a user starts it."""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from serve.app import MAKE_ONE, build_app
+from tests.conftest import ROOT
+from tests.serve.conftest import free_port
+
+
+def test_no_bundle_names_the_command(tmp_path):
+    app = build_app({}, [], tmp_path)
+    text = json.dumps(app.config)
+    assert "No model bundle found" in text and MAKE_ONE in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_bundle", [False, True])
+def test_python_m_serve(tmp_path, served_bundle, with_bundle):
+    root = served_bundle.parent.parent if with_bundle else tmp_path
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "serve", str(root), "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.time() + 60, None
+        while time.time() < deadline and page is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        assert page is not None, "the app did not answer within 60 s"
+        config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
+        if with_bundle:
+            assert "classify-sketch" in config and "Models" in config
+        else:
+            assert "No model bundle found" in config
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert f"serving on http://127.0.0.1:{port}" in out
+    assert ("no bundle found" in out) != with_bundle
