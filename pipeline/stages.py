@@ -101,11 +101,10 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         return run_dir
     test = task.evaluate(model, task.torch_split(dataset.test), rt.device)
     plots.plot_curves(read_metrics(run_dir), task.METRIC[0], run_dir / "curves.png")
-    manifest = bundle.new_manifest(task.NAME, "", cfg.to_dict(), dataset.class_names, task.METRIC)
+    final = run_dir.with_name(run_dir.name.removesuffix(PARTIAL))
+    manifest = bundle.new_manifest(task.NAME, final.name, cfg.to_dict(), dataset.class_names, task.METRIC)
     manifest["data"] = dataset.source
     manifest["metrics"]["torch"] = {"test": test, task.METRIC[0]: test[task.METRIC[0]]}
-    final = run_dir.with_name(run_dir.name.removesuffix(PARTIAL))
-    manifest["run"] = final.name
     bundle.write_manifest(run_dir, manifest)
     if final != run_dir:
         run_dir.rename(final)
@@ -131,8 +130,9 @@ def load_run(run_dir: str | Path) -> tuple[Run, dict]:
     return Run(run_dir, task, cfg, data, model.eval()), manifest
 
 
-def _score_onnx(run: Run, path: Path, sess=None) -> tuple[dict, list]:
-    sess = sess or ort_session(path, ["CPUExecutionProvider"])
+def _score_onnx(run: Run, path: Path) -> tuple[dict, list]:
+    """The task's metrics of an ONNX file on the test split (CPU), and its outputs."""
+    sess = ort_session(path, ["CPUExecutionProvider"])
     outputs, targets = collect(lambda x: ort_run(sess, x), run.task.graph_batches(run.data.test))
     return run.task.score(outputs, targets), outputs
 
