@@ -32,9 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no bundle found in {args.artifacts}; make one with `python -m pipeline run classify --preset quick`")
     app = build_app(bundles, problems, args.artifacts)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
-    print(f"serving on http://{args.host}:{args.port}", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True,
-               quiet=True, footer_links=["api"])
+    try:
+        app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True,
+                   quiet=True, footer_links=["api"], prevent_thread_lock=True)
+    except OSError as e:
+        print(f"error: cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"serving on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -46,3 +46,18 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
         out = proc.communicate(timeout=20)[0]
     assert f"serving on http://127.0.0.1:{port}" in out
     assert ("no bundle found" in out) != with_bundle
+
+
+@pytest.mark.slow
+def test_port_in_use_is_one_error_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "serve", str(tmp_path), "--port", str(port)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot serve on 127.0.0.1:{port}")
