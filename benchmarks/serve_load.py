@@ -68,17 +68,26 @@ async def one_request(client, image: bytes, name: str, variant: str) -> None:
 
 
 async def load(url: str, examples: list[str], args) -> tuple[list[float], list[str], float]:
+    """``args.clients`` clients, each first making ``args.warmup`` untimed calls, then calling in a
+    loop for ``args.seconds`` (the same window for all)."""
     import httpx
 
     images = [(Path(p).read_bytes(), Path(p).name) for p in examples]
     latencies: list[float] = []
     errors: list[str] = []
-    deadline = time.perf_counter() + args.seconds
+    warmed, all_warm, start = [0], asyncio.Event(), asyncio.Event()
+    deadline = [0.0]
 
     async def client_loop(i: int) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for k in range(args.warmup):  # connections and first-call paths, not timed
+                await one_request(client, *images[(i + k) % len(images)], args.variant)
+            warmed[0] += 1
+            if warmed[0] == args.clients:
+                all_warm.set()
+            await start.wait()
             k = i
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline[0]:
                 t0 = time.perf_counter()
                 try:
                     await one_request(client, *images[k % len(images)], args.variant)
@@ -87,8 +96,12 @@ async def load(url: str, examples: list[str], args) -> tuple[list[float], list[s
                     errors.append(f"{type(e).__name__}: {e}"[:200])
                 k += 1
 
+    tasks = [asyncio.create_task(client_loop(i)) for i in range(args.clients)]
+    await all_warm.wait()
     t0 = time.perf_counter()
-    await asyncio.gather(*(client_loop(i) for i in range(args.clients)))
+    deadline[0] = t0 + args.seconds
+    start.set()
+    await asyncio.gather(*tasks)
     return latencies, errors, time.perf_counter() - t0
 
 
@@ -98,6 +111,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--variant", default="fp32")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per client before the timed window")
     ap.add_argument("--concurrency", type=int, default=8, help="the server's --concurrency")
     args = ap.parse_args()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -27,10 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     for task, b in bundles.items():
+        for variant, why in b.warm_up().items():
+            print(f"warning: {task} {variant}: {why}", file=sys.stderr)
         print(f"{task}: {b.path} (variants: {', '.join(b.variants())})")
     if not bundles:
         print(f"no bundle found in {args.artifacts}; make one with `python -m pipeline run classify --preset quick`")
     app = build_app(bundles, problems, args.artifacts)
+    # Collector pauses were the latency tail under load (16 clients: p99 450 ms with the defaults,
+    # 150 ms with these; benchmarks/serve_load.py). Start-up objects live as long as the process:
+    # freeze them out of every scan, and collect young objects in larger, rarer batches.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
     try:
         app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True,

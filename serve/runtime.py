@@ -176,6 +176,18 @@ class Bundle:
         with self._lock:
             return self._sessions.setdefault(variant, (runner, stamp))[0]
 
+    def warm_up(self) -> dict[str, str]:
+        """Build every usable variant's session now, so the first request does not pay for it.
+
+        Returns the variants that could not be loaded, with why (they stay unavailable)."""
+        failed = {}
+        for variant in self.variants():
+            try:
+                self.session(variant)
+            except BundleError as e:
+                failed[variant] = str(e)
+        return failed
+
     def run(self, feeds: dict[str, np.ndarray], variant: str = "fp32") -> Prediction:
         self.check_inputs(feeds)
         sess = self.session(variant)
