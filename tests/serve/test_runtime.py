@@ -113,3 +113,12 @@ print("ok", p.outputs["probs"].shape)
 def test_manifest_is_what_serving_expects(bundle_copy):
     m = json.loads((bundle_copy / "manifest.json").read_text())
     assert m["examples"] and all(name in m["files"] for name in m["examples"])
+
+
+def test_warm_up_builds_every_usable_session(bundle_copy):
+    b = Bundle.open(bundle_copy)
+    assert b.warm_up() == {}
+    assert set(b._sessions) == set(b.variants())
+    (bundle_copy / "model.fp16.onnx").write_bytes(b"changed after opening")
+    b2 = Bundle.open(bundle_copy)
+    assert "fp16" not in b2.variants() and b2.warm_up() == {}
