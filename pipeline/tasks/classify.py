@@ -231,6 +231,18 @@ def graph_batches(split: ImageSplit, batch_size: int = 256) -> Iterator[tuple[di
         yield {"image": split.images[i : i + batch_size]}, split.labels[i : i + batch_size]
 
 
+STRESS = "test split enlarged 4x, RGB"  # what stress_batches holds, as the manifest names it
+
+
+def stress_batches(data: ImageData, scale: int = 4) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """The test split as inputs the network never saw in training: enlarged (nearest) ``scale``
+    times, so the graph's antialiased resize shrinks them, and with three channels."""
+    images = np.kron(data.test.images, np.ones((1, scale, scale, 1), dtype=np.uint8))
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return graph_batches(ImageSplit(images, data.test.labels), batch_size=128)
+
+
 def score(outputs: list[list[np.ndarray]], targets: list[np.ndarray]) -> dict[str, float]:
     """Accuracy (percent) from the graph's ``probs`` batches."""
     pred = np.concatenate([o[0].argmax(-1) for o in outputs])

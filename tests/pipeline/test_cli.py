@@ -27,6 +27,8 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
         assert hashlib.sha256((smoke_bundle / name).read_bytes()).hexdigest() == entry["sha256"], name
     assert m["parity"]["max_abs_diff"] <= 1e-4 and m["parity"]["top1_agreement"] == 1.0
     assert m["parity"]["samples"] == 359
+    stress = m["parity"]["test split enlarged 4x, RGB"]
+    assert stress["max_abs_diff"] <= 1e-4 and stress["top1_agreement"] == 1.0
     assert m["variants"]["fp32"]["accuracy"] == pytest.approx(m["metrics"]["torch"]["accuracy"], abs=0.3)
     for variant in ("opt", "int8", "fp16"):
         v = m["variants"][variant]
