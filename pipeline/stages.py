@@ -130,10 +130,15 @@ def load_run(run_dir: str | Path) -> tuple[Run, dict]:
     return Run(run_dir, task, cfg, data, model.eval()), manifest
 
 
-def _score_onnx(run: Run, path: Path) -> tuple[dict, list]:
-    """The task's metrics of an ONNX file on the test split (CPU), and its outputs."""
-    sess = ort_session(path, ["CPUExecutionProvider"])
-    outputs, targets = collect(lambda x: ort_run(sess, x), run.task.graph_batches(run.data.test))
+def _onnx_runner(path: Path, threads: int = 0):
+    """A numpy-in numpy-out call of an ONNX file on ORT's CPU provider."""
+    sess = ort_session(path, ["CPUExecutionProvider"], threads=threads)
+    return lambda inputs: ort_run(sess, inputs)
+
+
+def _score_onnx(run: Run, runner) -> tuple[dict, list]:
+    """The task's metrics of an ONNX runner on the test split, and its outputs."""
+    outputs, targets = collect(runner, run.task.graph_batches(run.data.test))
     return run.task.score(outputs, targets), outputs
 
 
@@ -150,15 +155,14 @@ def export(run_dir: str | Path) -> Path:
     print(f"exporting {run.dir.name} -> {dst.name}", flush=True)
     with atomic_path(dst) as tmp:
         export_onnx(module, task.example_inputs(run.data), contract, tmp, task.metadata(run.cfg, run.data))
-        run_torch = torch_runner(module)
+        run_torch, run_onnx = torch_runner(module), _onnx_runner(tmp)
         reference, targets = collect(run_torch, task.graph_batches(run.data.test))
-        scores, outputs = _score_onnx(run, tmp)
+        scores, outputs = _score_onnx(run, run_onnx)
         parity = task.parity(reference, outputs)
         gate(parity, contract.parity, "the exported model.onnx")
         # inputs unlike the training data (other sizes, channel counts) take other paths inside
-        sess = ort_session(tmp, ["CPUExecutionProvider"])
         stress = list(task.stress_batches(run.data))
-        stress_parity = task.parity(collect(run_torch, stress)[0], collect(lambda x: ort_run(sess, x), stress)[0])
+        stress_parity = task.parity(collect(run_torch, stress)[0], collect(run_onnx, stress)[0])
         gate(stress_parity, contract.parity, f"the exported model.onnx on {task.STRESS}")
     metric = task.METRIC[0]
     manifest["io"] = contract.io_spec()
@@ -221,7 +225,7 @@ def optimize(run_dir: str | Path, int8: bool = True, fp16: bool = True, tensorrt
         try:
             with atomic_path(dst) as tmp:
                 build(tmp)
-                scores, _ = _score_onnx(run, tmp)
+                scores, _ = _score_onnx(run, _onnx_runner(tmp))
                 status, reason = _judge(manifest, scores, metric, direction, ocfg.max_drop)
                 entry.update(status=status, **scores, **({"reason": reason} if reason else {}))
         except Exception as e:  # noqa: BLE001 - a variant ORT cannot build or run here is recorded, not fatal
@@ -280,8 +284,7 @@ def _runners(run: Run, manifest: dict, threads: int) -> dict[str, Any]:
             if onnx_to_engine.unavailable_reason() is None:
                 runners["TensorRT fp16"] = onnx_to_engine.EngineRunner(path)
             continue
-        sess = ort_session(path, ["CPUExecutionProvider"], threads=threads)
-        runners[f"ORT {variant}"] = (lambda s: lambda x: ort_run(s, x))(sess)
+        runners[f"ORT {variant}"] = _onnx_runner(path, threads)
     return runners
 
 

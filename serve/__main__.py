@@ -6,8 +6,7 @@ import gc
 import os
 import sys
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # serve.app turns Gradio's analytics off
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-upload", default="10mb", help="largest upload (default: 10mb)")
     args = p.parse_args(argv)
 
-    from serve.app import build_app
+    from serve.app import MAKE_ONE, build_app
     from serve.discover import find_bundles
 
     bundles, problems = find_bundles(args.artifacts, args.run or None)
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {task} {variant}: {why}", file=sys.stderr)
         print(f"{task}: {b.path} (variants: {', '.join(b.variants())})")
     if not bundles:
-        print(f"no bundle found in {args.artifacts}; make one with `python -m pipeline run classify --preset quick`")
+        print(f"no bundle found in {args.artifacts}; make one with `{MAKE_ONE}`")
     app = build_app(bundles, problems, args.artifacts)
     # Collector pauses were the latency tail under load (16 clients: p99 450 ms with the defaults,
     # 150 ms with these; benchmarks/serve_load.py). Start-up objects live as long as the process:

@@ -24,12 +24,11 @@ def _variants_table(bundle: Bundle) -> str:
     rows = [f"| variant | file | {metric} | status |", "| --- | --- | ---: | --- |"]
     for name, v in bundle.manifest["variants"].items():
         value = v.get(metric)
+        shown = f"{value:.2f}" if isinstance(value, (int, float)) else "-"
         note = v["status"] + (f": {v['reason']}" if v.get("reason") else "")
         if v.get("file") in bundle.bad_files:
             note = f"not used: {v['file']} {bundle.bad_files[v['file']]}"
-        rows.append(f"| {name} | `{v.get('file', '-')}` | {value:.2f} |" if isinstance(value, (int, float))
-                    else f"| {name} | `{v.get('file', '-')}` | - |")
-        rows[-1] += f" {note} |"
+        rows.append(f"| {name} | `{v.get('file', '-')}` | {shown} | {note} |")
     return "\n".join(rows)
 
 
