@@ -1,4 +1,4 @@
-"""Timing of numpy-in numpy-out runners: latency (median, p90) and throughput per batch size."""
+"""Timing of a call: latency (median, p90) over repeated runs within a time budget."""
 from __future__ import annotations
 
 import time
@@ -6,30 +6,16 @@ from typing import Callable
 
 import numpy as np
 
-Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
-
-def time_runner(run: Runner, inputs: dict[str, np.ndarray], seconds: float, min_runs: int, warmup: int = 3) -> dict:
-    """Call ``run(inputs)`` repeatedly for about ``seconds`` (at least ``min_runs`` times)."""
+def time_call(fn: Callable[[], object], seconds: float, min_runs: int, warmup: int = 3) -> dict[str, float]:
+    """Call ``fn()`` repeatedly for about ``seconds`` (at least ``min_runs`` times) after ``warmup`` calls."""
     for _ in range(warmup):
-        run(inputs)
+        fn()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        run(inputs)
+        fn()
         times.append(time.perf_counter() - t0)
     t = np.asarray(times) * 1000.0
-    batch = len(next(iter(inputs.values())))
-    median = float(np.median(t))
-    return {"batch": batch, "runs": len(t), "median_ms": median, "p90_ms": float(np.percentile(t, 90)),
-            "throughput_per_s": batch * 1000.0 / median}
-
-
-def batch_of(inputs: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """``inputs`` repeated along the batch axis to exactly ``size`` rows."""
-    out = {}
-    for k, v in inputs.items():
-        reps = -(-size // len(v))
-        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:size])
-    return out
+    return {"runs": len(t), "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))}

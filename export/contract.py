@@ -14,15 +14,16 @@ class DimRange:
     max: int
 
     def __post_init__(self):
-        if not (1 <= self.min <= self.opt <= self.max):
-            raise ValueError(f"need 1 <= min <= opt <= max, got {self}")
+        # min may be 0: a KV cache's past length is 0 at the prompt
+        if not (0 <= self.min <= self.opt <= self.max):
+            raise ValueError(f"need 0 <= min <= opt <= max, got {self}")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "uint8", "float32", "int64"
-    shape: tuple[str | int, ...]  # ints are fixed, strings name a dimension of ExportContract.dims
+    shape: tuple[str | int, ...]  # ints are fixed, strings name a dimension of ExportContract.dims; () a scalar
     doc: str = ""
 
 
@@ -53,6 +54,14 @@ class ExportContract:
             for d in spec.shape:
                 if isinstance(d, str) and spec in self.inputs and d not in self.dims:
                     raise ValueError(f"input {spec.name}: dimension {d!r} has no range in dims")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
 
     def io_spec(self) -> dict:
         """The JSON form written into the manifest."""

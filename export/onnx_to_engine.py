@@ -2,11 +2,10 @@
 
 Needs the ``gpu`` extra (tensorrt) and an NVIDIA GPU; :func:`unavailable_reason` says in one line
 why not, elsewhere. The engine is tied to one GPU model and TensorRT version: both go in its file
-name and the manifest.
+name and the manifest. Engines are run by ``serve/engine.py`` (torch-free), in the pipeline too.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from export.contract import ExportContract
@@ -31,12 +30,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def engine_name() -> str:
-    """``model.<gpu>-trt<version>.plan``, e.g. ``model.nvidia-h100-80gb-hbm3-trt10.9.0.plan``."""
+def target() -> tuple[str, str]:
+    """(GPU model, TensorRT version) an engine built here is tied to; both go in its file name."""
     import tensorrt as trt
 
-    gpu = re.sub(r"[^a-z0-9]+", "-", (_gpu_name() or "gpu").lower()).strip("-")
-    return f"model.{gpu}-trt{trt.__version__}.plan"
+    return _gpu_name() or "gpu", trt.__version__
 
 
 def build_engine(onnx_path: Path, plan_path: Path, contract: ExportContract, fp16: bool = True,
@@ -64,43 +62,3 @@ def build_engine(onnx_path: Path, plan_path: Path, contract: ExportContract, fp1
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
     plan_path.write_bytes(bytes(serialized))
     return {"gpu": _gpu_name() or "", "tensorrt": trt.__version__, "precision": "fp16" if fp16 else "fp32"}
-
-
-class EngineRunner:
-    """Run a serialized engine on numpy inputs (via torch CUDA tensors for device memory)."""
-
-    def __init__(self, plan_path: Path):
-        import tensorrt as trt
-        import torch
-
-        self.torch = torch
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{plan_path.name} was built for another GPU or TensorRT version; rebuild it")
-        self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.trt = trt
-
-    def __call__(self, feeds: dict):
-        torch, trt = self.torch, self.trt
-        stream = torch.cuda.current_stream()
-        keep = []
-        for name in self.inputs:
-            t = torch.from_numpy(feeds[name]).cuda().contiguous()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outs = []
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int64: torch.int64,
-                     trt.int32: torch.int32}[self.engine.get_tensor_dtype(name)]
-            t = torch.empty(shape, dtype=dtype, device="cuda")
-            outs.append(t)
-            self.context.set_tensor_address(name, t.data_ptr())
-        self.context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-        return [o.float().cpu().numpy() if o.dtype == torch.float16 else o.cpu().numpy() for o in outs]

@@ -1,41 +1,41 @@
-"""Verification: run two implementations over the same held-out batches and compare.
+"""Verification: the torch side of a comparison, and the gate on the contract's parity bounds.
 
-The task supplies how to compare (``parity``) and score (``score``) graph outputs; this module
-only runs things and gates on the contract's bounds.
+The task supplies what to run (its loop over graph runners), how to compare the outputs
+(``parity``) and how to score them; this module runs torch modules the way ONNX Runtime runs
+graphs (named numpy inputs -> named numpy outputs) and gates on the bounds.
 """
 from __future__ import annotations
-
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from export.contract import Bound, check_parity
+from export.contract import Bound, ExportContract, check_parity
 from export.torch_to_onnx import ExportError
 
-Outputs = list[list[np.ndarray]]  # per batch, the graph's outputs in order
-Batches = Iterable[tuple[dict[str, np.ndarray], np.ndarray]]
 
+class TorchRunner:
+    """A deployable module called like an ONNX graph: inputs by name, outputs named by the contract.
 
-def torch_runner(module: torch.nn.Module) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    """A numpy-in numpy-out call of a deployable module (eval mode, CPU, inference mode)."""
-    module = module.eval().cpu()
+    ``provider`` names it in benchmark rows and the app's latency lines.
+    """
 
-    def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    provider = "torch eager"
+
+    def __init__(self, module: torch.nn.Module, contract: ExportContract, device: str = "cpu"):
+        self.module = module.eval().to(device)
+        self.device = device
+        self.output_names = contract.output_names
+        self.input_names = contract.input_names
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if set(feeds) != set(self.input_names):
+            raise ValueError(f"inputs must be {self.input_names}, got {sorted(feeds)}")
         with torch.inference_mode():
-            out = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in inputs.values()))
+            out = self.module(**{k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()})
         out = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.numpy() for o in out]
-
-    return run
-
-
-def collect(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], batches: Batches) -> tuple[Outputs, list]:
-    outputs, targets = [], []
-    for inputs, target in batches:
-        outputs.append(run(inputs))
-        targets.append(target)
-    return outputs, targets
+        if len(out) != len(self.output_names):
+            raise ValueError(f"the module returned {len(out)} outputs; the contract names {self.output_names}")
+        return {name: o.cpu().numpy() for name, o in zip(self.output_names, out)}
 
 
 def gate(measured: dict[str, float], bounds: tuple[Bound, ...], what: str) -> None:

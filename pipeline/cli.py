@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.tasks import TASKS
 from pipeline.tasks.base import PRESETS
 
 
@@ -15,19 +16,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def train_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--preset", choices=PRESETS, default="quick",
+        sp.add_argument("--preset", default="quick", metavar="|".join(PRESETS),
                         help="smoke: seconds (tests); quick: minutes on 2 CPU cores; full: the GPU recipe")
         sp.add_argument("--config", metavar="FILE", help="a .json or .toml file of overrides (sections model, data, train, ...)")
         sp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set train.lr=1e-3 --set model.name=vit (repeatable)")
-        sp.add_argument("--data", metavar="PATH", help="your own data instead of the built-in set (an image folder per class)")
+        sp.add_argument("--data", metavar="PATH", help="your own data instead of the built-in set, in the task's "
+                        "usual format (classify: an image folder per class)")
         sp.add_argument("--out", default="artifacts", metavar="DIR", help="artifacts root (default: artifacts)")
 
     sp = sub.add_parser("train", help="train a model into a new run folder")
-    sp.add_argument("task", help="classify")
+    sp.add_argument("task", help=", ".join(TASKS))
     train_args(sp)
     sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its last checkpoint")
-    sp = sub.add_parser("export", help="export model.onnx and verify it against PyTorch on the test split")
+    sp = sub.add_parser("export", help="export the task's ONNX graphs and verify them against PyTorch on held-out data")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp = sub.add_parser("optimize", help="ORT-optimized, INT8, FP16 and TensorRT variants (no flag: INT8 and FP16)")
     sp.add_argument("run_dir", metavar="RUN_DIR")
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("benchmark", help="time every backend side by side")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp = sub.add_parser("run", help="train -> export -> optimize -> benchmark")
-    sp.add_argument("task", help="classify, or all")
+    sp.add_argument("task", help=", ".join(TASKS) + ", or all")
     train_args(sp)
     return p
 
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import stages
     from pipeline.config import parse_sets
     from pipeline.errors import PipelineError
-    from pipeline.tasks import TASKS, get_task
+    from pipeline.tasks import get_task
+    from serve.bundle import BundleError
 
     try:
         if args.command in ("train", "run"):
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "train":
                 stages.train(args.task, args.preset, resume=args.resume, **kwargs)
             else:
-                names = list(TASKS) if args.task == "all" else [get_task(args.task).NAME]
+                names = list(TASKS) if args.task == "all" else [get_task(args.task).name]
                 for name in names:
                     run_dir = stages.run_all(name, args.preset, **kwargs)
                     print(f"bundle: {Path(run_dir).resolve()}")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                             tensorrt=args.tensorrt)
         elif args.command == "benchmark":
             stages.benchmark(args.run_dir)
-    except (PipelineError, ExportError) as e:
+    except (PipelineError, ExportError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

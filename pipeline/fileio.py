@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from serve.files import sha256  # noqa: F401 - re-exported: the one hash both sides use
 
 
 @contextmanager

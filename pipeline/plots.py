@@ -18,39 +18,45 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_curves(records: list[dict], metric: str, path: Path) -> None:
-    """Training loss per logged step, validation loss and ``metric`` per epoch."""
+    """Training loss per logged step, validation loss and ``metric`` per evaluation."""
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     if train:
         ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train (step)")
     if val:
-        ax1.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", ms=3, label="val (epoch)")
-        ax2.plot([r["epoch"] for r in val], [r[metric] for r in val], "o-", ms=3, color="C2")
+        ax1.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", ms=3, label="validation")
+        ax2.plot([r["step"] for r in val], [r[metric] for r in val], "o-", ms=3, color="C2")
     ax1.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
     ax1.legend()
-    ax2.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    ax2.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     ax2.grid(alpha=0.3)
     _save(fig, path)
 
 
-def plot_benchmark(rows: list[dict], path: Path) -> None:
-    """Batch-1 latency and the largest batch's throughput per backend, side by side."""
+def plot_benchmark(rows: list[dict], axes: list[str], unit: str, path: Path) -> None:
+    """Latency of the first case and the throughput of every other case, per backend, side by side."""
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    sizes = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    lat = [next((r["median_ms"] for r in rows if r["backend"] == b and r["batch"] == sizes[0]), 0) for b in backends]
-    axes[0].barh(backends, lat, color="C0")
-    axes[0].set(xlabel="ms (median)", title=f"latency, batch {sizes[0]} (lower is better)")
-    width = 0.8 / max(1, len(sizes) - 1)
-    for i, size in enumerate(sizes[1:]):
-        thr = [next((r["throughput_per_s"] for r in rows if r["backend"] == b and r["batch"] == size), 0)
-               for b in backends]
-        axes[1].barh([j + i * width for j in range(len(backends))], thr, height=width, label=f"batch {size}")
-    axes[1].set_yticks([j + width * (len(sizes) - 2) / 2 for j in range(len(backends))], backends)
-    axes[1].set(xlabel="samples/s", title="throughput (higher is better)")
-    axes[1].legend()
-    for ax in axes:
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
+    cases = list(dict.fromkeys(tuple(r[a] for a in axes) for r in rows))
+
+    def label(case) -> str:
+        return ", ".join(f"{a} {v}" for a, v in zip(axes, case))
+
+    def value(backend, case, key):
+        return next((r[key] for r in rows if r["backend"] == backend and tuple(r[a] for a in axes) == case), 0)
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    ax[0].barh(backends, [value(b, cases[0], "median_ms") for b in backends], color="C0")
+    ax[0].set(xlabel="ms (median)", title=f"latency, {label(cases[0])} (lower is better)")
+    rest = cases[1:] or cases[:1]
+    width = 0.8 / len(rest)
+    for i, case in enumerate(rest):
+        ax[1].barh([j + i * width for j in range(len(backends))], [value(b, case, "throughput") for b in backends],
+                   height=width, label=label(case))
+    ax[1].set_yticks([j + width * (len(rest) - 1) / 2 for j in range(len(backends))], backends)
+    ax[1].set(xlabel=f"{unit}/s", title="throughput (higher is better)")
+    ax[1].legend()
+    for a in ax:
+        a.invert_yaxis()
+        a.grid(axis="x", alpha=0.3)
     _save(fig, path)

@@ -1,48 +1,164 @@
 """The stages: train -> export -> optimize -> benchmark, each on a run folder (the bundle).
 
-Each stage writes new files under temporary names and renames them only on success, so a
-failed or interrupted stage leaves the bundle as it was.
+A :class:`Run` is a run folder loaded once: task, config, data, model and manifest in memory.
+``run`` chains the stages on one Run; each stage on its own loads one. Stages write new files under
+temporary names and rename them only on success, so a failed or interrupted stage leaves the bundle
+as it was. Each file is hashed once, when the stage that writes it has written it (or when a stage
+first checks it before use).
+
+What is verified and timed is what is served: graphs run through serve's one session factory, and
+the task's :meth:`~pipeline.tasks.base.Task.infer` (a loop of ``serve/tasks/<task>.py`` where the
+task has one) runs over ORT sessions, TensorRT engines and the torch modules alike.
 """
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import platform
-from dataclasses import dataclass
+import subprocess
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from export import onnx_to_engine, onnx_to_ort
-from export.benchmark import batch_of, time_runner
-from export.ort import run as ort_run
-from export.ort import session as ort_session
+from export.benchmark import time_call
 from export.torch_to_onnx import export_onnx
-from export.verify import collect, gate, torch_runner
-from pipeline import bundle, plots
-from pipeline.config import load_file
+from export.verify import TorchRunner, gate
+from pipeline import plots
+from pipeline.config import load_file, to_dict
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, write_json, write_text
 from pipeline.tasks import get_task
-from pipeline.tasks.base import RunConfig, resolve
-from pipeline.train import CHECKPOINT, fit, load_weights, read_metrics, setup_runtime
+from pipeline.tasks.base import EvalSet, Graph, RunConfig, Task, resolve
+from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, fit, load_weights, read_metrics, setup_runtime
+from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, VARIANTS, BundleError, engine_tag, graph_files,
+                          read_manifest, sha256, variant_file)
+from serve.engine import EngineSession
+from serve.runtime import Bundle, OrtSession
 
 PARTIAL = ".partial"
+MODEL_CARD = "MODEL_CARD.md"
+BENCHMARK_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
+
+# variant -> builder(src .onnx, dst, graph name, run); one per entry of serve.bundle.VARIANTS but
+# fp32 (the export itself) and tensorrt (built per graph with the contract's shape profiles)
+Builder = Callable[[Path, Path, str, "Run"], None]
+
+
+def _int8_builder(mode: str) -> Builder:
+    def build(src: Path, dst: Path, graph: str, run: "Run") -> None:
+        calibration = None
+        if mode == "static":
+            batches = run.task.calibration(run.data, run.cfg, run.cfg.optimize.calibration_samples)
+            if batches is None or graph not in batches:
+                raise ValueError(f"{run.task.name} gives no calibration data for static INT8")
+            calibration = batches[graph]
+        onnx_to_ort.quantize_int8(src, dst, mode, calibration)
+
+    return build
+
+
+BUILDERS: dict[str, Builder] = {
+    "opt": lambda src, dst, graph, run: onnx_to_ort.optimize_graph(src, dst),
+    "int8": _int8_builder("static"),  # stand-in; optimize() picks static/dynamic per optimize.int8
+    "fp16": lambda src, dst, graph, run: onnx_to_ort.convert_fp16(src, dst),
+}
 
 
 @dataclass
 class Run:
-    """A run folder loaded back: its task, config, data and trained model."""
+    """A run folder in memory: its task, config, data, trained model and manifest."""
 
     dir: Path
-    task: ModuleType
+    task: Task
     cfg: RunConfig
     data: Any
     model: torch.nn.Module
+    manifest: dict[str, Any]
+    _verified: set[str] = field(default_factory=set, repr=False)
+
+    @cached_property
+    def graphs(self) -> dict[str, Graph]:
+        return self.task.graphs(self.model.eval().cpu(), self.cfg, self.data)
+
+    @cached_property
+    def eval_sets(self) -> list[EvalSet]:
+        return self.task.eval_sets(self.data, self.cfg)
+
+    @cached_property
+    def torch_runners(self) -> dict[str, TorchRunner]:
+        return {name: TorchRunner(g.module, g.contract) for name, g in self.graphs.items()}
+
+    # -- files and the manifest ---------------------------------------------------------------
+
+    def record(self, name: str) -> None:
+        """List a file this stage wrote in the manifest, with its sha256 (hashed here, once)."""
+        path = self.dir / name
+        self.manifest["files"][name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        self._verified.add(name)
+
+    def forget(self, name: str) -> None:
+        self.manifest["files"].pop(name, None)
+
+    def check_file(self, name: str, hint: str) -> Path:
+        """``dir/name``, after checking it exists and matches the manifest's sha256 (once per Run)."""
+        path = self.dir / name
+        if not path.is_file():
+            raise PipelineError(f"{path} not found; {hint}")
+        if name not in self._verified:
+            want = self.manifest.get("files", {}).get(name, {}).get("sha256")
+            if want is None or sha256(path) != want:
+                raise PipelineError(f"{path} is corrupt or was changed after it was written (sha256 mismatch); {hint}")
+            self._verified.add(name)
+        return path
+
+    def save(self) -> None:
+        self.manifest["updated"] = _now()
+        write_json(self.dir / MANIFEST, self.manifest)
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score(self, runners: dict[str, Any]) -> tuple[dict[str, float], Any]:
+        """The task's metrics of ``runners`` on the scored eval set, and the outputs."""
+        first = self.eval_sets[0]
+        outputs = self.task.infer(runners, first.items, self.cfg)
+        return self.task.score(outputs, first.items, self.cfg), outputs
+
+    def judge(self, scores: dict[str, float]) -> tuple[str, str | None]:
+        metric = self.task.metric
+        tolerance = self.cfg.optimize.max_drop if self.cfg.optimize.max_drop is not None else metric.tolerance
+        ref = self.manifest["variants"]["fp32"][metric.name]
+        drop = metric.loss(ref, scores[metric.name])
+        if drop > tolerance:
+            return "rejected", (f"{metric.name} {scores[metric.name]:.4g} vs fp32 {ref:.4g}: loses {drop:.4g} "
+                                f"> {tolerance:g}{metric.unit}")
+        return "accepted", None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,8 +175,8 @@ def _run_name(preset: str) -> str:
 
 
 def train(task_name: str, preset: str = "quick", config_file: str | None = None, sets: dict | None = None,
-          data: str | None = None, out: str | Path = "artifacts", resume: str | Path | None = None) -> Path:
-    """Train a model; returns the finished run folder ``out/<task>/<run>``."""
+          data: str | None = None, out: str | Path = "artifacts", resume: str | Path | None = None) -> Run:
+    """Train a model into ``out/<task>/<run>``; returns the finished run, in memory."""
     task = get_task(task_name)
     layers = [load_file(config_file)] if config_file else []
     if data is not None:
@@ -68,15 +184,15 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     layers.append(sets or {})
     if resume is not None:
         run_dir = Path(resume)
-        if not run_dir.name.endswith(PARTIAL) and (run_dir / bundle.MANIFEST).is_file():
+        if not run_dir.name.endswith(PARTIAL) and (run_dir / MANIFEST).is_file():
             raise PipelineError(f"cannot resume: {run_dir} is a finished run (its exports would no longer match "
                                 "its weights); start a new run instead")
-        saved = run_dir / bundle.CONFIG
+        saved = run_dir / CONFIG
         if not saved.is_file():
             raise PipelineError(f"cannot resume: {saved} not found")
         base = load_file(saved)
-        if base.get("task") != task.NAME:
-            raise PipelineError(f"cannot resume: {run_dir} is a {base.get('task')!r} run, not {task.NAME!r}")
+        if base.get("task") != task.name:
+            raise PipelineError(f"cannot resume: {run_dir} is a {base.get('task')!r} run, not {task.name!r}")
         cfg = resolve(task, base["preset"], base, *layers)
     else:
         cfg = resolve(task, preset, *layers)
@@ -84,253 +200,344 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     dataset = task.load_data(cfg)
     cfg = task.complete_config(cfg, dataset)
     if resume is None:
-        run_dir = Path(out) / task.NAME / (_run_name(cfg.preset) + PARTIAL)
+        run_dir = Path(out) / task.name / (_run_name(cfg.preset) + PARTIAL)
         if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=False)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=False)
+            except OSError as e:
+                raise PipelineError(f"cannot create the run folder {run_dir}: {e.strerror}") from None
     if rt.is_main:
-        write_json(run_dir / bundle.CONFIG, cfg.to_dict())
-        print(f"training {task.NAME}/{cfg.model_name} ({cfg.preset}) on {dataset.source} "
-              f"[{len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test] "
+        write_json(run_dir / CONFIG, cfg.to_dict())
+        print(f"training {task.name}/{cfg.model_name} ({cfg.preset}) on {task.describe_data(dataset)} "
               f"on {rt.device}{f' x {rt.world_size} processes' if rt.distributed else ''} -> {run_dir}", flush=True)
     torch.manual_seed(cfg.train.seed)
     model = task.build_model(cfg, dataset)
-    meta = {"task": task.NAME, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
-    fit(task.make_training_step(cfg), task.evaluate, model, task.torch_split(dataset.train),
-        task.torch_split(dataset.val), cfg.train, run_dir, meta, resume=resume is not None)
-    if not rt.is_main:
-        return run_dir
-    test = task.evaluate(model, task.torch_split(dataset.test), rt.device)
-    plots.plot_curves(read_metrics(run_dir), task.METRIC[0], run_dir / "curves.png")
+    meta = {"task": task.name, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
+    trained = fit(task.make_training_step(cfg), task.evaluate, model, task.dataset(dataset, "train", cfg),
+                  task.dataset(dataset, "val", cfg), cfg.train, run_dir, meta, resume=resume is not None,
+                  collate=task.collate, unit=task.train_unit)
     final = run_dir.with_name(run_dir.name.removesuffix(PARTIAL))
-    manifest = bundle.new_manifest(task.NAME, final.name, cfg.to_dict(), dataset.class_names, task.METRIC)
-    manifest["data"] = dataset.source
-    manifest["metrics"]["torch"] = {"test": test, task.METRIC[0]: test[task.METRIC[0]]}
-    bundle.write_manifest(run_dir, manifest)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "task": task.name, "run": final.name, "created": _now(),
+        "preset": cfg.preset, "architecture": cfg.model_name, "data": task.describe_data(dataset),
+        "metric": {"name": task.metric.name, "direction": task.metric.direction, "tolerance": task.metric.tolerance,
+                   "unit": task.metric.unit, "split": "test"},
+        "inference": to_dict(cfg.inference), "info": {}, "graphs": {}, "variants": {}, "metrics": {},
+        "versions": versions(), "git_commit": git_commit(), "files": {},
+    }
+    if not rt.is_main:
+        return Run(run_dir, task, cfg, dataset, trained, manifest)
+    test = task.evaluate(trained, task.dataset(dataset, "test", cfg), rt.device)
+    run = Run(run_dir, task, cfg, dataset, trained.cpu().eval(), manifest)
+    plots.plot_curves(read_metrics(run_dir), task.metric.name, run_dir / "curves.png")
+    manifest["metrics"]["torch"] = test
+    for name in (CONFIG, CHECKPOINT, TRAINING_STATE, METRICS, "curves.png"):
+        run.record(name)
+    run.save()
     if final != run_dir:
         run_dir.rename(final)
-    print(f"test {task.METRIC[0]} {test[task.METRIC[0]]:.2f}  ->  {final}", flush=True)
-    return final
+        run.dir = final
+    print(f"test {task.metric.name} {test[task.metric.name]:.4g}{task.metric.unit}  ->  {final}", flush=True)
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
 # load a finished run
 
 
-def load_run(run_dir: str | Path) -> tuple[Run, dict]:
+def load_run(run_dir: str | Path, allow_older: bool = False) -> Run:
+    """A finished run folder, loaded: manifest, task, config, data, and the trained weights."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PipelineError(f"run folder not found: {run_dir}")
-    manifest = bundle.read_manifest(run_dir)
-    task = get_task(manifest.get("task", "?"))
-    raw = load_file(bundle.check_file(run_dir, manifest, bundle.CONFIG, "the run folder is damaged"))
-    cfg = resolve(task, raw.get("preset", "quick"), raw)
-    data = task.load_data(cfg)
-    model = task.build_model(cfg)
-    load_weights(model, bundle.check_file(run_dir, manifest, CHECKPOINT, "retrain with `python -m pipeline train`"))
-    return Run(run_dir, task, cfg, data, model.eval()), manifest
+    try:
+        manifest = read_manifest(run_dir, allow_older=allow_older)
+    except BundleError as e:
+        raise PipelineError(str(e)) from None
+    task = get_task(manifest["task"])
+    run = Run(run_dir, task, None, None, None, manifest)  # type: ignore[arg-type]
+    raw = load_file(run.check_file(CONFIG, "the run folder is damaged"))
+    run.cfg = resolve(task, raw.get("preset", "quick"), raw)
+    run.data = task.load_data(run.cfg)
+    model = task.build_model(run.cfg)
+    load_weights(model, run.check_file(CHECKPOINT, "retrain with `python -m pipeline train`"))
+    run.model = model.eval()
+    return run
 
 
-def _onnx_runner(path: Path, threads: int = 0):
-    """A numpy-in numpy-out call of an ONNX file on ORT's CPU provider."""
-    sess = ort_session(path, ["CPUExecutionProvider"], threads=threads)
-    return lambda inputs: ort_run(sess, inputs)
+def _as_run(run: Run | str | Path, allow_older: bool = False) -> Run:
+    return run if isinstance(run, Run) else load_run(run, allow_older)
 
 
-def _score_onnx(run: Run, runner) -> tuple[dict, list]:
-    """The task's metrics of an ONNX runner on the test split, and its outputs."""
-    outputs, targets = collect(runner, run.task.graph_batches(run.data.test))
-    return run.task.score(outputs, targets), outputs
+def _exported(run: Run) -> None:
+    if "fp32" not in run.manifest.get("variants", {}) or not run.manifest.get("graphs"):
+        raise PipelineError(f"{run.dir} has no verified model graphs; run `python -m pipeline export {run.dir}`")
+
+
+def _verify(run: Run, runners: dict[str, Any], what: str) -> dict[str, dict]:
+    """Loop-level parity of ``runners`` against the torch modules on every eval set, gated by the
+    graphs' parity bounds; returns the measured values per set."""
+    bounds = tuple(dict.fromkeys(b for g in run.graphs.values() for b in g.contract.parity))
+    results = {}
+    for es in run.eval_sets:
+        reference = run.task.infer(run.torch_runners, es.items, run.cfg)
+        candidate = run.task.infer(runners, es.items, run.cfg)
+        measured = run.task.parity(reference, candidate)
+        gate(measured, bounds, f"{what} on {es.description}")
+        results[es.name] = {**measured, "description": es.description, "samples": es.samples}
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
 # export
 
 
-def export(run_dir: str | Path) -> Path:
-    """torch -> ``model.onnx``, verified against PyTorch on the whole test split."""
-    run, manifest = load_run(run_dir)
-    task, contract = run.task, run.task.contract(run.cfg)
-    module = task.deployable(run.model)
-    dst = run.dir / bundle.ONNX
-    print(f"exporting {run.dir.name} -> {dst.name}", flush=True)
-    with atomic_path(dst) as tmp:
-        export_onnx(module, task.example_inputs(run.data), contract, tmp, task.metadata(run.cfg, run.data))
-        run_torch, run_onnx = torch_runner(module), _onnx_runner(tmp)
-        reference, targets = collect(run_torch, task.graph_batches(run.data.test))
-        scores, outputs = _score_onnx(run, run_onnx)
-        parity = task.parity(reference, outputs)
-        gate(parity, contract.parity, "the exported model.onnx")
-        # inputs unlike the training data (other sizes, channel counts) take other paths inside
-        stress = list(task.stress_batches(run.data))
-        stress_parity = task.parity(collect(run_torch, stress)[0], collect(run_onnx, stress)[0])
-        gate(stress_parity, contract.parity, f"the exported model.onnx on {task.STRESS}")
-    metric = task.METRIC[0]
-    manifest["io"] = contract.io_spec()
-    manifest["parity"] = {**parity, "split": "test", "samples": int(sum(len(t) for t in targets)),
-                          "bounds": [str(b) for b in contract.parity], task.STRESS: stress_parity}
-    manifest["variants"] = {"fp32": {"file": bundle.ONNX, "status": "accepted", **scores}}
-    manifest["metrics"]["onnx_fp32"] = scores
-    samples = task.examples(run.data)
-    _write_examples(run.dir / "examples", samples)
-    manifest["examples"] = [f"examples/{name}" for name, _ in samples]
-    write_text(run.dir / "MODEL_CARD.md", bundle.model_card(manifest, task.USAGE))
-    bundle.write_manifest(run.dir, manifest)
-    print(f"parity {json.dumps(parity)}; on {task.STRESS} {json.dumps(stress_parity)}; "
-          f"onnx {metric} {scores[metric]:.2f}", flush=True)
-    return dst
+def export(run: Run | str | Path) -> dict[str, Path]:
+    """torch -> one ``<graph>.onnx`` per graph, verified (loop-level) against PyTorch on every eval set."""
+    run = _as_run(run, allow_older=True)
+    task, graphs = run.task, run.graphs
+    files = {g: variant_file(g, "fp32") for g in graphs}
+    print(f"exporting {run.dir.name} -> {', '.join(files.values())}", flush=True)
+    with ExitStack() as stack:
+        tmp = {g: stack.enter_context(atomic_path(run.dir / f)) for g, f in files.items()}
+        for g, graph in graphs.items():
+            export_onnx(graph.module, graph.example, graph.contract, tmp[g], graph.metadata)
+        runners = {g: OrtSession(tmp[g], name=files[g]) for g in graphs}
+        parity = _verify(run, runners, "the exported " + ", ".join(files.values()))
+        scores, _ = run.score(runners)
+    m = run.manifest
+    m.update(schema_version=SCHEMA_VERSION, inference=to_dict(run.cfg.inference), info=task.info(run.cfg, run.data),
+             graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}} for g, graph in graphs.items()},
+             parity=parity, variants={"fp32": {"status": "accepted", **scores}})
+    m.setdefault("metric", {}).update(name=task.metric.name, direction=task.metric.direction,
+                                      tolerance=task.metric.tolerance, unit=task.metric.unit, split="test")
+    m["metrics"]["onnx_fp32"] = scores
+    for f in files.values():
+        run.record(f)
+    m["examples"] = []
+    for name, data in task.examples(run.data, run.cfg):
+        path = run.dir / "examples" / name
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as t:
+            t.write_bytes(data)
+        m["examples"].append(f"examples/{name}")
+        run.record(f"examples/{name}")
+    _write_card(run)
+    run.save()
+    metric = task.metric.name
+    shown = "; ".join(f"{name}: " + json.dumps({k: v for k, v in p.items() if k not in ("description", "samples")})
+                      for name, p in parity.items())
+    print(f"parity {shown}; onnx {metric} {scores[metric]:.4g}{task.metric.unit}", flush=True)
+    return {g: run.dir / f for g, f in files.items()}
 
 
-def _write_examples(folder: Path, examples: list[tuple[str, np.ndarray]]) -> None:
-    """Held-out samples as PNG files for the app and the model card (each written atomically)."""
-    from PIL import Image
-
-    folder.mkdir(exist_ok=True)
-    for name, image in examples:
-        with atomic_path(folder / name) as tmp:
-            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+def _write_card(run: Run) -> None:
+    write_text(run.dir / MODEL_CARD, model_card(run.manifest, run.task.usage))
+    run.record(MODEL_CARD)
 
 
 # ---------------------------------------------------------------------------------------------
 # optimize
 
 
-def _judge(manifest: dict, scores: dict, metric: str, direction: str, max_drop: float) -> tuple[str, str | None]:
-    ref = manifest["variants"]["fp32"][metric]
-    drop = (ref - scores[metric]) if direction == "max" else (scores[metric] - ref)
-    if drop > max_drop:
-        return "rejected", f"{metric} {scores[metric]:.2f} vs fp32 {ref:.2f}: loses {drop:.2f} > {max_drop:g} points"
-    return "accepted", None
-
-
-def optimize(run_dir: str | Path, int8: bool = True, fp16: bool = True, tensorrt: bool = False) -> dict:
-    """ORT graph optimization always; INT8, FP16 and a TensorRT engine as asked. Returns the variants."""
+def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensorrt: bool = False) -> dict:
+    """ORT graph optimization always; INT8, FP16 and a TensorRT engine as asked, each one file per
+    graph, accepted or rejected as a set on the task's metric. Returns the variants."""
     if tensorrt and (reason := onnx_to_engine.unavailable_reason()):
         raise PipelineError(f"--tensorrt: {reason}")
-    run, manifest = load_run(run_dir)
-    src = bundle.check_file(run.dir, manifest, bundle.ONNX, "run `python -m pipeline export` first")
-    if "fp32" not in manifest.get("variants", {}):
-        raise PipelineError(f"{run.dir} has no verified model.onnx; run `python -m pipeline export {run.dir}`")
-    metric, direction = run.task.METRIC
-    ocfg = run.cfg.optimize
+    run = _as_run(run)
+    _exported(run)
+    m, metric = run.manifest, run.task.metric.name
+    sources = {g: run.check_file(f, "run `python -m pipeline export` first") for g, f in graph_files(m, "fp32").items()}
 
-    def calibration():
-        n = ocfg.calibration_samples
-        split = type(run.data.train)(run.data.train.images[:n], run.data.train.labels[:n])
-        return (inputs for inputs, _ in run.task.graph_batches(split, batch_size=32))
-
-    def make(variant: str, build, **info) -> dict[str, Any]:
-        """Build one variant file, score it on the test split, judge it against fp32."""
-        dst = run.dir / bundle.VARIANT_FILES[variant]
-        entry: dict[str, Any] = {"file": dst.name, **info}
+    def make(variant: str, build: Builder, open_session, tag: str = "", **info) -> dict[str, Any]:
+        """Build one file per graph, score the set with the task's loop, judge it against fp32."""
+        files = {g: variant_file(g, variant, tag) for g in sources}
+        entry: dict[str, Any] = dict(info)
         try:
-            with atomic_path(dst) as tmp:
-                build(tmp)
-                scores, _ = _score_onnx(run, _onnx_runner(tmp))
-                status, reason = _judge(manifest, scores, metric, direction, ocfg.max_drop)
+            with ExitStack() as stack:
+                tmp = {g: stack.enter_context(atomic_path(run.dir / f)) for g, f in files.items()}
+                for g, src in sources.items():
+                    entry.update(build(src, tmp[g], g, run) or {})
+                scores, _ = run.score({g: open_session(tmp[g], files[g]) for g in files})
+                status, reason = run.judge(scores)
                 entry.update(status=status, **scores, **({"reason": reason} if reason else {}))
-        except Exception as e:  # noqa: BLE001 - a variant ORT cannot build or run here is recorded, not fatal
-            if dst.exists():
-                dst.unlink()
-            entry.update(status="failed", reason=f"{e.__class__.__name__}: {str(e).splitlines()[0][:300]}")
-            entry.pop("file")
-        shown = f"{entry[metric]:.2f}" if metric in entry else "-"
+        except Exception as e:  # noqa: BLE001 - a variant that cannot be built or run here is recorded, not fatal
+            entry.update(status="failed", reason=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+        for g, f in files.items():
+            if entry["status"] == "failed":
+                m["graphs"][g]["files"].pop(variant, None)
+                run.forget(f)
+            else:
+                m["graphs"][g]["files"][variant] = f
+                run.record(f)
+        shown = f"{entry[metric]:.4g}" if metric in entry else "-"
         label = variant + (f" ({info['mode']})" if "mode" in info else "")
-        print(f"{label:14s} {entry['status']:9s} {metric} {shown}  {entry.get('reason', '')}", flush=True)
+        print(f"{label:16s} {entry['status']:9s} {metric} {shown}  {entry.get('reason', '')}", flush=True)
         return entry
 
-    manifest["variants"]["opt"] = make("opt", lambda tmp: onnx_to_ort.optimize_graph(src, tmp))
+    def ort_session(path: Path, name: str) -> OrtSession:
+        return OrtSession(path, name=name)  # the providers serving would use
+
+    m["variants"]["opt"] = make("opt", BUILDERS["opt"], ort_session)
     if int8:
         # auto: static first; where it fails or loses too much (attention/MatMul-heavy nets), dynamic
         attempts = []
-        for mode in (["static", "dynamic"] if ocfg.int8 == "auto" else [ocfg.int8]):
-            attempts.append(make("int8", lambda tmp, m=mode: onnx_to_ort.quantize_int8(src, tmp, m, calibration()),
-                                 mode=mode))
+        modes = ["static", "dynamic"] if run.cfg.optimize.int8 == "auto" else [run.cfg.optimize.int8]
+        for mode in modes:
+            attempts.append(make("int8", _int8_builder(mode), ort_session, mode=mode))
             if attempts[-1]["status"] == "accepted":
                 break
-        manifest["variants"]["int8"] = {**attempts[-1], "attempts": [
+        m["variants"]["int8"] = {**attempts[-1], "attempts": [
             {k: a.get(k) for k in ("mode", "status", metric, "reason") if k in a} for a in attempts]}
     if fp16:
-        manifest["variants"]["fp16"] = make("fp16", lambda tmp: onnx_to_ort.convert_fp16(src, tmp))
+        m["variants"]["fp16"] = make("fp16", BUILDERS["fp16"], ort_session)
     if tensorrt:
-        contract = run.task.contract(run.cfg)
-        dst = run.dir / onnx_to_engine.engine_name()
-        with atomic_path(dst) as tmp:
-            built = onnx_to_engine.build_engine(src, tmp, contract)
-            runner = onnx_to_engine.EngineRunner(tmp)
-            outputs, targets = collect(runner, run.task.graph_batches(run.data.test))
-            scores = run.task.score(outputs, targets)
-        status, reason = _judge(manifest, scores, metric, direction, ocfg.max_drop)
-        manifest["variants"]["tensorrt"] = {"file": dst.name, "status": status, **built, **scores,
-                                            **({"reason": reason} if reason else {})}
-        print(f"trt   {status:9s} {metric} {scores[metric]:.2f}", flush=True)
-    write_text(run.dir / "MODEL_CARD.md", bundle.model_card(manifest, run.task.USAGE))
-    bundle.write_manifest(run.dir, manifest)
-    return manifest["variants"]
+        gpu, version = onnx_to_engine.target()
+
+        def build_engine(src: Path, dst: Path, graph: str, run_: Run) -> dict:
+            return onnx_to_engine.build_engine(src, dst, run_.graphs[graph].contract)
+
+        m["variants"]["tensorrt"] = make("tensorrt", build_engine, lambda p, n: EngineSession(p.read_bytes(), n),
+                                         tag=engine_tag(gpu, version))
+    _write_card(run)
+    run.save()
+    return m["variants"]
 
 
 # ---------------------------------------------------------------------------------------------
 # benchmark
 
 
-def _runners(run: Run, manifest: dict, threads: int) -> dict[str, Any]:
-    if threads:
-        torch.set_num_threads(threads)
-    runners: dict[str, Any] = {"torch eager": torch_runner(run.task.deployable(run.model))}
-    for variant, entry in manifest["variants"].items():
-        if entry.get("status") != "accepted":
-            continue
-        path = bundle.check_file(run.dir, manifest, entry["file"], "rerun `python -m pipeline optimize`")
-        if variant == "tensorrt":
-            if onnx_to_engine.unavailable_reason() is None:
-                runners["TensorRT fp16"] = onnx_to_engine.EngineRunner(path)
-            continue
-        runners[f"ORT {variant}"] = _onnx_runner(path, threads)
-    return runners
-
-
-def benchmark(run_dir: str | Path) -> list[dict]:
-    """Latency and throughput of every backend side by side, with each one's accuracy."""
-    run, manifest = load_run(run_dir)
-    if "fp32" not in manifest.get("variants", {}):
-        raise PipelineError(f"{run.dir} has no verified model.onnx; run `python -m pipeline export {run.dir}`")
-    bcfg = run.cfg.benchmark
-    metric = run.task.METRIC[0]
-    runners = _runners(run, manifest, bcfg.threads)
-    sample, _ = next(run.task.graph_batches(run.data.test, batch_size=max(bcfg.batch_sizes)))
-    accuracy = {"torch eager": manifest["metrics"]["torch"][metric]}
-    for variant, entry in manifest["variants"].items():
-        accuracy["TensorRT fp16" if variant == "tensorrt" else f"ORT {variant}"] = entry.get(metric)
+def benchmark(run: Run | str | Path) -> list[dict]:
+    """Latency and throughput of every backend side by side on the task's cases, each backend
+    running the served computation (the task's loop over its graphs), with its metric."""
+    run = _as_run(run)
+    _exported(run)
+    bcfg, task, m = run.cfg.benchmark, run.task, run.manifest
+    metric = task.metric.name
+    if bcfg.threads:
+        torch.set_num_threads(bcfg.threads)
+    try:
+        bundle = Bundle.open(run.dir, threads=bcfg.threads)
+    except BundleError as e:
+        raise PipelineError(str(e)) from None
+    for variant, entry in m["variants"].items():  # an accepted variant must be benchmarked, not skipped
+        for f in graph_files(m, variant).values() if entry.get("status") == "accepted" else ():
+            if f in bundle.bad_files:
+                raise PipelineError(f"{run.dir / f} is corrupt or was changed after it was written "
+                                    f"({bundle.bad_files[f]}); rerun `python -m pipeline export {run.dir}`")
+    backends: dict[str, tuple[dict[str, Any], float | None]] = {
+        "torch eager": (run.torch_runners, m["metrics"].get("torch", {}).get(metric))}
+    for variant in bundle.variants():
+        try:
+            runners = bundle.runners(variant)
+        except BundleError as e:
+            raise PipelineError(f"{run.dir}: {e}; rerun `python -m pipeline export {run.dir}`") from None
+        name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
+        backends[name] = (runners, m["variants"][variant].get(metric))
     rows = []
-    for (name, runner), size in itertools.product(runners.items(), bcfg.batch_sizes):
-        row = {"backend": name, **time_runner(runner, batch_of(sample, size), bcfg.seconds, bcfg.min_runs),
-               metric: accuracy.get(name)}
-        rows.append(row)
-        print(f"{name:14s} batch {size:4d}  median {row['median_ms']:8.3f} ms  p90 {row['p90_ms']:8.3f} ms  "
-              f"{row['throughput_per_s']:9.0f} /s", flush=True)
+    for case in task.benchmark_cases(run.data, run.cfg):
+        for name, (runners, value) in backends.items():
+            timing = time_call(lambda: task.infer(runners, case.items, run.cfg), bcfg.seconds, bcfg.min_runs)
+            row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
+                   "unit": task.bench_unit, metric: value}
+            rows.append(row)
+            axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
+            print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
+                  f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
+    axes = list(task.benchmark_cases(run.data, run.cfg)[0].axes)
     info = {"cpu": platform.processor() or platform.machine(), "threads": bcfg.threads or torch.get_num_threads(),
-            "seconds_per_cell": bcfg.seconds, "metric": metric, "rows": rows}
+            "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
     write_json(run.dir / "benchmark.json", info)
-    write_text(run.dir / "benchmark.md", benchmark_table(rows, metric))
-    plots.plot_benchmark(rows, run.dir / "benchmark.png")
-    manifest["benchmark"] = {"file": "benchmark.json", "summary": _ratios(rows)}
-    bundle.write_manifest(run.dir, manifest)
+    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, metric, task.bench_unit))
+    plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
+    for f in BENCHMARK_FILES:
+        run.record(f)
+    m["benchmark"] = {"file": "benchmark.json", "summary": _ratios(rows, axes)}
+    run.save()
     return rows
 
 
-def _ratios(rows: list[dict]) -> dict[str, float]:
-    """Each backend's batch-1 speed-up over torch eager (median latency ratio)."""
-    b1 = {r["backend"]: r["median_ms"] for r in rows if r["batch"] == min(x["batch"] for x in rows)}
-    ref = b1.get("torch eager")
-    return {f"{k} speedup_b1": ref / v for k, v in b1.items() if ref and k != "torch eager"}
+def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:
+    """Each backend's speed-up over torch eager in the first case (median latency ratio)."""
+    first = {a: rows[0][a] for a in axes}
+    times = {r["backend"]: r["median_ms"] for r in rows if all(r[a] == v for a, v in first.items())}
+    ref = times.get("torch eager")
+    label = "_".join(f"{a}{v}" for a, v in first.items())
+    return {f"{k} speedup_{label}": ref / v for k, v in times.items() if ref and k != "torch eager"}
 
 
-def benchmark_table(rows: list[dict], metric: str) -> str:
-    lines = [f"| backend | batch | median ms | p90 ms | samples/s | {metric} |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+def benchmark_table(rows: list[dict], axes: list[str], metric: str, unit: str) -> str:
+    head = ["backend", *axes, "median ms", "p90 ms", f"{unit}/s", metric]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for r in rows:
-        acc = f"{r[metric]:.2f}" if isinstance(r.get(metric), (int, float)) else "-"
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
-                     f"{r['throughput_per_s']:.0f} | {acc} |")
+        value = f"{r[metric]:.4g}" if isinstance(r.get(metric), (int, float)) else "-"
+        cells = [r["backend"], *(str(r[a]) for a in axes), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                 f"{r['throughput']:,.0f}" if r["throughput"] >= 100 else f"{r['throughput']:.1f}", value]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# the model card
+
+
+def model_card(manifest: dict, usage: str) -> str:
+    """MODEL_CARD.md: what it is, its data, graphs, metrics, and ``usage`` with plain onnxruntime."""
+    metric = manifest["metric"]
+    name, unit = metric["name"], metric.get("unit", "")
+    rows = []
+    for variant, v in manifest["variants"].items():
+        value = v.get(name)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        files = ", ".join(f"`{f}`" for f in graph_files(manifest, variant).values()) or "-"
+        rows.append(f"| {variant} | {files} | {shown} | {v['status']}{': ' + v['reason'] if v.get('reason') else ''} |")
+    graphs = []
+    for g, spec in manifest["graphs"].items():
+        io = spec["io"]
+        lines = [f"- in `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["inputs"]]
+        lines += [f"- out `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["outputs"]]
+        graphs.append(f"**{g}** (`{spec['files']['fp32']}`, opset {io['opset']})\n\n" + "\n".join(lines))
+    torch_metric = manifest["metrics"].get("torch", {}).get(name)
+    info = "".join(f"\n{k.capitalize()}: {', '.join(map(str, v)) if isinstance(v, list) else v}."
+                   for k, v in manifest.get("info", {}).items())
+    parity = "\n".join(f"- {p.get('description', s)}: " + json.dumps({k: v for k, v in p.items()
+                                                                      if k not in ("description",)})
+                       for s, p in manifest.get("parity", {}).items())
+    tolerance = metric.get("tolerance")
+    return f"""# {manifest['task']} model `{manifest['run']}`
+
+A {manifest['architecture']} trained by `python -m pipeline train {manifest['task']} --preset {manifest['preset']}`
+on {manifest.get('data', 'the built-in data')}.{info}
+
+## Graphs
+
+{chr(10).join(graphs)}
+
+Pre- and post-processing are inside the graphs; the `.onnx` files without a variant suffix use standard
+ONNX ops only, so any ONNX Runtime (Python, C++, C#, Java, JavaScript) runs them with nothing else.
+Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
+
+## Metrics ({name} on the held-out test split{', ' + unit if unit else ''})
+
+PyTorch: {torch_metric if torch_metric is None else f'{torch_metric:.4g}'}. A variant is rejected when it loses
+more than {tolerance}{unit} against fp32.
+
+| variant | files | {name} | status |
+| --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Parity of the exported graphs against PyTorch, running the served computation:
+
+{parity}
+
+## Run it with onnxruntime and numpy
+
+{usage}
+
+Training config: `config.json`. Versions: {json.dumps(manifest['versions'])}. Git commit: {manifest.get('git_commit')}.
+"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,12 +545,14 @@ def benchmark_table(rows: list[dict], metric: str) -> str:
 
 
 def run_all(task_name: str, preset: str = "quick", **train_kwargs) -> Path:
-    """train -> export -> optimize (INT8, FP16, TensorRT where available) -> benchmark."""
-    run_dir = train(task_name, preset, **train_kwargs)
+    """train -> export -> optimize (INT8, FP16, TensorRT where available) -> benchmark, on one Run."""
+    run = train(task_name, preset, **train_kwargs)
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return run_dir
-    export(run_dir)
-    optimize(run_dir, int8=True, fp16=True, tensorrt=onnx_to_engine.unavailable_reason() is None)
-    benchmark(run_dir)
-    return run_dir
+        return run.dir
+    export(run)
+    optimize(run, int8=True, fp16=True, tensorrt=onnx_to_engine.unavailable_reason() is None)
+    benchmark(run)
+    return run.dir
 
+
+assert set(BUILDERS) | {"fp32", "tensorrt"} == set(VARIANTS), "serve.bundle.VARIANTS and BUILDERS disagree"

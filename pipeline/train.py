@@ -1,10 +1,14 @@
 """The one training loop every task uses: plain functions, single-process or under ``torchrun`` (DDP).
 
-A task supplies data sets, a model and two functions (``training_step``, ``evaluate``); this module
-owns the device, precision, optimizer, schedule, clipping, seeding, logging, checkpoints and resume.
+A task supplies data sets, a model, a collate function and two functions (``training_step``,
+``evaluate``); this module owns the device, precision, optimizer, schedule, clipping, seeding,
+the budget (epochs, or steps for random-window data), an optional EMA of the weights, logging,
+checkpoints and exact resume.
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import math
 import os
@@ -25,6 +29,7 @@ from tqdm import tqdm
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 
+# step(model, batch, device, generator) -> (loss, units in the batch: samples, tokens, ...)
 StepFn = Callable[[nn.Module, Any, torch.device, torch.Generator], tuple[torch.Tensor, int]]
 EvalFn = Callable[[nn.Module, Dataset, torch.device], dict[str, float]]
 
@@ -35,15 +40,20 @@ METRICS = "metrics.jsonl"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # (int) passes over the training set
+    epochs: int = 10  # (int) passes over the training set (when steps is 0)
+    steps: int = 0  # (int) optimizer steps to train for; 0: epochs decide (random-window data counts steps)
+    eval_every: int = 0  # (int) steps between validation + checkpoint; 0: at the end of each epoch
     batch_size: int = 64  # (int) samples per step, per process
     optimizer: Literal["adamw", "sgd"] = "adamw"  # (str) adamw | sgd (with Nesterov momentum)
     lr: float = 2e-3  # (float) peak learning rate
     weight_decay: float = 0.05  # (float) decoupled weight decay (AdamW) or L2 (SGD)
     momentum: float = 0.9  # (float) SGD momentum
     schedule: Literal["cosine", "constant"] = "cosine"  # (str) learning-rate schedule after warm-up
-    warmup_epochs: float = 1.0  # (float) linear warm-up length, in epochs
+    warmup_epochs: float = 1.0  # (float) linear warm-up length, in epochs (when steps is 0)
+    warmup_steps: int = 0  # (int) linear warm-up length, in steps (when steps > 0)
     grad_clip: float = 1.0  # (float) max global gradient norm; 0 disables clipping
+    ema: float = 0.0  # (float) decay of an exponential moving average of the weights; 0: off. When on,
+    #                   the average is what is evaluated, checkpointed and exported
     seed: int = 0  # (int) seeds weights, shuffling, augmentation and dropout
     device: str = "auto"  # (str) auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # (str) auto: bf16 autocast on CUDA, fp32 on CPU
@@ -53,8 +63,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "eval_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "ema"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,16 +157,19 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 # Checkpoints
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, epoch: int, step: int, meta: dict[str, str]) -> None:
-    """Weights (safetensors, with the model config in its metadata) and the state to resume; each atomic."""
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, step: int, meta: dict[str, str],
+                    generator: torch.Generator, ema: nn.Module | None = None) -> None:
+    """The weights to deploy (safetensors, model config in its metadata: the EMA when on) and the
+    state to resume exactly (optimizer, RNGs, and the raw weights when an EMA is deployed); each atomic."""
     with atomic_path(run_dir / CHECKPOINT) as tmp:
-        save_model(model, str(tmp), metadata=meta)
+        save_model(ema if ema is not None else model, str(tmp), metadata=meta)
     state = {
         "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
         "step": step,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+        "raw_weights": model.state_dict() if ema is not None else None,
     }
     with atomic_path(run_dir / TRAINING_STATE) as tmp:
         torch.save(state, tmp)
@@ -168,83 +189,104 @@ def load_weights(model: nn.Module, path: Path) -> None:
         )
 
 
-def load_training_state(run_dir: Path, optimizer) -> tuple[int, int]:
-    """Restore optimizer and RNG state; returns (epochs done, global step)."""
+def load_training_state(run_dir: Path, optimizer, model: nn.Module, ema: nn.Module | None) -> dict[str, Any]:
+    """Restore optimizer, RNG state and (with an EMA) the raw weights; returns the state."""
     path = run_dir / TRAINING_STATE
     if not path.is_file():
         raise PipelineError(f"cannot resume: {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(model.state_dict())  # the checkpoint holds the average
+            model.load_state_dict(state["raw_weights"])
     except Exception as e:  # noqa: BLE001 - any unreadable state is the same user-facing problem
-        raise PipelineError(f"cannot resume: {path} is corrupt: {e}") from None
+        raise PipelineError(f"cannot resume: {path} is corrupt or from another config: {e}") from None
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["epoch"]), int(state["step"])
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
 
 
-def train_one_epoch(
-    model: nn.Module, loader: DataLoader, optimizer, step_fn, rt: Runtime, cfg: TrainConfig, state: dict[str, Any],
-    lr_at, log, dtype: torch.dtype, generator: torch.Generator,
-) -> float:
-    """One pass over ``loader``; returns the mean training loss (of this process)."""
-    model.train()
-    total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}", disable=None if rt.is_main else True,
-               leave=False, mininterval=0.5, dynamic_ncols=True)
-    t0, seen = time.perf_counter(), 0
-    for batch in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(state["step"])
-        with autocast(rt.device, dtype):
-            loss, n = step_fn(model, batch, rt.device, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        optimizer.step()
-        state["step"] += 1
-        total, count, seen = total + loss.item() * n, count + n, seen + n
-        rate = seen * rt.world_size / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
-        if state["step"] % cfg.log_every == 0:
-            record = {"split": "train", "epoch": state["epoch"] + 1, "step": state["step"], "loss": loss.item(),
-                      "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            log(record)
-    return total / max(1, count)
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers (BatchNorm statistics) copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@dataclass
+class Budget:
+    """How long training runs, in steps, and where it pauses to evaluate and checkpoint."""
+
+    steps_per_epoch: int
+    total: int
+    eval_every: int
+    warmup: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, steps_per_epoch: int) -> "Budget":
+        total = cfg.steps or steps_per_epoch * cfg.epochs
+        warmup = cfg.warmup_steps if cfg.steps else int(cfg.warmup_epochs * steps_per_epoch)
+        return cls(steps_per_epoch, total, min(total, cfg.eval_every or steps_per_epoch), warmup)
+
+    def describe(self, step: int) -> str:
+        return f"step {step}/{self.total} (epoch {step / self.steps_per_epoch:.1f})"
+
+
+def _batches(loader: DataLoader, sampler: DistributedSampler, budget: Budget, step0: int):
+    """Batches from ``step0`` on, epoch after epoch: (epoch, batch). Resuming mid-epoch skips the
+    batches of that epoch's permutation already trained on."""
+    epoch = step0 // budget.steps_per_epoch
+    skip = step0 % budget.steps_per_epoch
+    while True:
+        sampler.set_epoch(epoch)
+        for batch in itertools.islice(loader, skip, None):
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0
 
 
 def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, val_set: Dataset,
-        cfg: TrainConfig, run_dir: Path, meta: dict[str, str], resume: bool = False) -> dict[str, float]:
-    """Train ``model`` on ``train_set``, evaluating on ``val_set`` each epoch; returns the last val metrics.
+        cfg: TrainConfig, run_dir: Path, meta: dict[str, str], resume: bool = False,
+        collate: Callable[[list], Any] | None = None, unit: str = "samples") -> nn.Module:
+    """Train ``model`` on ``train_set``, evaluating on ``val_set`` every ``eval_every`` steps (or
+    epoch); returns the module to evaluate and export (the EMA of the weights when ``cfg.ema``).
 
-    The task supplies ``step_fn(model, batch, device, generator) -> (loss, samples)`` and
-    ``eval_fn(model, data_set, device) -> metrics``. Only rank 0 writes to ``run_dir``.
+    The task supplies ``step_fn(model, batch, device, generator) -> (loss, units)``,
+    ``eval_fn(model, data_set, device) -> metrics`` and ``collate`` (variable-length samples to a
+    batch; torch's default when None). Only rank 0 writes to ``run_dir``.
     """
     rt = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
     model.to(rt.device)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema else None
     optimizer = build_optimizer(model, cfg)
-    epoch0, step0 = 0, 0
+    sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=cfg.seed)
+    # the loader's own generator: starting an iterator must not draw from the global RNG (dropout's),
+    # or a run resumed mid-epoch (which starts one at the pause) would diverge from an uninterrupted one
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                        drop_last=len(train_set) > cfg.batch_size * rt.world_size,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    budget = Budget.of(cfg, len(loader))
+
+    def seeded(epoch: int) -> torch.Generator:
+        return torch.Generator(rt.device).manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)
+
+    step, generator = 0, seeded(0)
     if resume:
         load_weights(model, run_dir / CHECKPOINT)
-        epoch0, step0 = load_training_state(run_dir, optimizer)
+        state = load_training_state(run_dir, optimizer, model, ema)
+        step = int(state["step"])
+        generator = seeded(step // budget.steps_per_epoch)
+        if step % budget.steps_per_epoch:  # paused mid-epoch: continue its augmentation stream
+            generator.set_state(state["generator"])
     train_model = nn.parallel.DistributedDataParallel(model) if rt.distributed else model
-    sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(train_set) > cfg.batch_size * rt.world_size)
-    steps_per_epoch = len(loader)
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        return cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-
     metrics_path = run_dir / METRICS
     if rt.is_main and not resume:
         metrics_path.write_text("")
@@ -255,31 +297,58 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
                 f.write(json.dumps(record) + "\n")
 
     dtype = autocast_dtype(cfg, rt.device)
-    state = {"epoch": epoch0, "step": step0}
-    val: dict[str, float] = {}
-    if epoch0 >= cfg.epochs and rt.is_main:
-        print(f"already trained for {epoch0} epochs (train.epochs={cfg.epochs}); nothing to do")
-    for epoch in range(epoch0, cfg.epochs):
-        state["epoch"] = epoch
-        sampler.set_epoch(epoch)
-        generator = torch.Generator(rt.device).manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)
-        t0 = time.perf_counter()
-        train_loss = train_one_epoch(train_model, loader, optimizer, step_fn, rt, cfg, state, lr_at, log, dtype,
-                                     generator)
+    if step >= budget.total and rt.is_main:
+        print(f"already trained for {step} steps (budget {budget.total}); nothing to do")
+    batches = _batches(loader, sampler, budget, step)
+    while step < budget.total:
+        period_end = min(budget.total, (step // budget.eval_every + 1) * budget.eval_every)
+        model.train()
+        total, count, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(total=period_end - step, desc=budget.describe(step), disable=None if rt.is_main else True,
+                   leave=False, mininterval=0.5, dynamic_ncols=True)
+        while step < period_end:
+            epoch, batch = next(batches)
+            if step % budget.steps_per_epoch == 0 and step:
+                generator = seeded(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, budget.total, budget.warmup, cfg.schedule)
+            with autocast(rt.device, dtype):
+                loss, n = step_fn(train_model, batch, rt.device, generator)
+            if not torch.isfinite(loss):
+                raise PipelineError(f"training diverged: the loss is {loss.item()} at {budget.describe(step)}; "
+                                    f"try a lower train.lr (now {cfg.lr:g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            optimizer.step()
+            if ema is not None:
+                update_ema(ema, model, cfg.ema)
+            step += 1
+            total, count, seen = total + loss.item() * n, count + n, seen + n
+            rate = seen * rt.world_size / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix({"loss": f"{loss.item():.4f}", f"{unit}/s": f"{rate:.0f}"})
+            if step % cfg.log_every == 0:
+                record = {"split": "train", "epoch": epoch + 1, "step": step, "loss": loss.item(),
+                          "lr": optimizer.param_groups[0]["lr"], f"{unit}_per_s": rate}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                log(record)
+        bar.close()
         seconds = time.perf_counter() - t0
         if rt.is_main:
-            val = eval_fn(model, val_set, rt.device)
-            log({"split": "val", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                 "epoch_seconds": seconds, **val})
-            save_checkpoint(run_dir, model, optimizer, epoch + 1, state["step"], meta)
+            val = eval_fn(ema if ema is not None else model, val_set, rt.device)
+            log({"split": "val", "epoch": step / budget.steps_per_epoch, "step": step,
+                 "train_loss": total / max(1, count), "seconds": seconds, **val})
+            save_checkpoint(run_dir, model, optimizer, step, meta, generator, ema)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
-            print(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  val {shown}  ({seconds:.1f}s)",
+            print(f"{budget.describe(step)}  train_loss {total / max(1, count):.4f}  val {shown}  ({seconds:.1f}s)",
                   flush=True)
         if rt.distributed:
             dist.barrier()
     if rt.distributed:
         dist.barrier()
-    return val
+    return ema if ema is not None else model
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

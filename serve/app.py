@@ -13,22 +13,27 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 import gradio as gr  # noqa: E402
 
+from serve.bundle import graph_files, variant_title  # noqa: E402
 from serve.runtime import Bundle  # noqa: E402
 from serve.tasks import TABS  # noqa: E402
 
-MAKE_ONE = "python -m pipeline run classify --preset quick"
+MAKE_ONE = "python -m pipeline run all --preset quick"
 
 
 def _variants_table(bundle: Bundle) -> str:
-    metric = bundle.manifest.get("metric", {}).get("name", "metric")
-    rows = [f"| variant | file | {metric} | status |", "| --- | --- | ---: | --- |"]
-    for name, v in bundle.manifest["variants"].items():
-        value = v.get(metric)
-        shown = f"{value:.2f}" if isinstance(value, (int, float)) else "-"
-        note = v["status"] + (f": {v['reason']}" if v.get("reason") else "")
-        if v.get("file") in bundle.bad_files:
-            note = f"not used: {v['file']} {bundle.bad_files[v['file']]}"
-        rows.append(f"| {name} | `{v.get('file', '-')}` | {shown} | {note} |")
+    metric = bundle.manifest["metric"]
+    name, unit = metric.get("name", "metric"), metric.get("unit", "")
+    rows = [f"| variant | files | {name}{f' ({unit})' if unit else ''} | status |", "| --- | --- | ---: | --- |"]
+    for variant, v in bundle.manifest["variants"].items():
+        value = v.get(name)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        note = v.get("status", "?") + (f": {v['reason']}" if v.get("reason") else "")
+        files = graph_files(bundle.manifest, variant)
+        for f in files.values():
+            if f in bundle.bad_files:
+                note = f"not used: {f} {bundle.bad_files[f]}"
+        shown_files = ", ".join(f"`{f}`" for f in files.values()) or "-"
+        rows.append(f"| {variant_title(variant)} | {shown_files} | {shown} | {note} |")
     return "\n".join(rows)
 
 
@@ -38,10 +43,13 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
     for task, bundle in bundles.items():
         m = bundle.manifest
         torch_metric = m.get("metrics", {}).get("torch", {})
+        parity = "; ".join(f"{p.get('description', s)}: `{json.dumps({k: v for k, v in p.items() if k != 'description'})}`"
+                           for s, p in m.get("parity", {}).items())
         gr.Markdown(f"### {task}: `{bundle.name}`\n{m.get('architecture', '')}, preset {m.get('preset')}, "
-                    f"data: {m.get('data', '-')}; folder `{bundle.path}`\n\n"
-                    f"PyTorch test metrics: `{json.dumps({k: v for k, v in torch_metric.items() if k != 'test'})}`; "
-                    f"ONNX parity: `{json.dumps(m.get('parity', {}))}`\n\n" + _variants_table(bundle))
+                    f"data: {m.get('data', '-')}; graphs {', '.join(bundle.graphs)}; folder `{bundle.path}`\n\n"
+                    f"PyTorch test metrics: `{json.dumps(torch_metric)}`\n\n"
+                    f"Parity with PyTorch (the served computation): {parity}\n\n"
+                    f"Served defaults: `{json.dumps(bundle.inference)}`\n\n" + _variants_table(bundle))
         bench = bundle.file("benchmark.md")
         if bench:
             gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())
@@ -62,10 +70,10 @@ def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, roo
             gr.Markdown(f"**No model bundle found in `{root}`.** Make one with\n\n```\n{MAKE_ONE}\n```\n\n"
                         "then start this app again.", elem_id="no-bundle")
         with gr.Tabs():
-            for task, module in TABS.items():
+            for task, tab in TABS.items():
                 if task in bundles:
-                    with gr.Tab(module.TITLE, id=task):
-                        module.build_tab(bundles[task])
+                    with gr.Tab(tab.title, id=task):
+                        tab.build(bundles[task])
             with gr.Tab("Models", id="models"):
                 _models_tab(bundles, problems)
     return app

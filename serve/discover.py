@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serve.runtime import Bundle, BundleError
+from serve.bundle import MANIFEST, BundleError, graph_files
+from serve.runtime import Bundle
 
 
 def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[str, Bundle], list[str]]:
@@ -14,7 +15,7 @@ def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[
     chosen: dict[str, Bundle] = {}
     if not root.is_dir():
         return chosen, problems
-    candidates = sorted(root.glob("*/*/manifest.json"), key=lambda p: _created(p), reverse=True)
+    candidates = sorted(root.glob(f"*/*/{MANIFEST}"), key=lambda p: _created(p), reverse=True)
     for manifest in candidates:
         run_dir = manifest.parent
         if runs and run_dir.name not in runs and str(run_dir) not in runs:
@@ -28,7 +29,9 @@ def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[
             problems.append(str(e))
             continue
         if "fp32" not in bundle.variants():
-            problems.append(f"{run_dir}: model.onnx is missing or damaged ({bundle.bad_files.get('model.onnx', 'not exported')})")
+            files = graph_files(bundle.manifest, "fp32")
+            why = "; ".join(f"{f} {bundle.bad_files[f]}" for f in files.values() if f in bundle.bad_files)
+            problems.append(f"{run_dir}: its portable graphs are missing or damaged ({why or 'not exported'})")
             continue
         chosen[task] = bundle
     if runs:

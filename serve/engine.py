@@ -1,30 +1,40 @@
-"""A TensorRT engine (``model.<gpu>-trt<version>.plan``) run from numpy, without torch.
+"""A TensorRT engine (``<graph>.<gpu>-trt<version>.plan``) run from numpy, without torch.
 
 Needs the ``gpu`` extra: tensorrt, plus cuda-python for device memory. Untested where this was
-written (no TensorRT could be installed); written to TensorRT 10's documented API.
+written (no TensorRT could be installed); written to TensorRT 10's documented API. The pipeline
+scores and benchmarks engines through this same class.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from functools import cache
 
 import numpy as np
 
-from serve.runtime import BundleError
+from serve.bundle import BundleError
+
+
+@cache
+def tensorrt_missing() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return True
+    return False
 
 
 class EngineSession:
     provider = "TensorRT engine"
 
-    def __init__(self, path: Path):
+    def __init__(self, plan: bytes, name: str = "the engine"):
         try:
             import tensorrt as trt
             from cuda.bindings import runtime as cudart
         except ImportError as e:
-            raise BundleError(f"{path.name} needs tensorrt and cuda-python (pip install '.[gpu]'): {e}") from None
+            raise BundleError(f"{name} needs tensorrt and cuda-python (pip install '.[gpu]'): {e}") from None
         self.trt, self.cudart = trt, cudart
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise BundleError(f"{path.name} was built for another GPU or TensorRT {trt.__version__}; rebuild it "
+            raise BundleError(f"{name} was built for another GPU or TensorRT {trt.__version__}; rebuild it "
                               "with `python -m pipeline optimize RUN_DIR --tensorrt`")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -37,7 +47,7 @@ class EngineSession:
             raise BundleError(f"cudaMalloc failed: {err}")
         return ptr
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, trt = self.cudart, self.trt
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         buffers = []
@@ -49,19 +59,19 @@ class EngineSession:
                 cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, h2d)
                 self.context.set_input_shape(name, host.shape)
                 self.context.set_tensor_address(name, ptr)
-            hosts = []
+            hosts = {}
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
                 host = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
                 ptr = self._malloc(host.nbytes)
                 buffers.append(ptr)
                 self.context.set_tensor_address(name, ptr)
-                hosts.append((host, ptr))
+                hosts[name] = (host, ptr)
             self.context.execute_async_v3(0)
             cudart.cudaDeviceSynchronize()
-            for host, ptr in hosts:
+            for host, ptr in hosts.values():
                 cudart.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, d2h)
-            return [h.astype(np.float32) if h.dtype == np.float16 else h for h, _ in hosts]
+            return {n: h.astype(np.float32) if h.dtype == np.float16 else h for n, (h, _) in hosts.items()}
         finally:
             for ptr in buffers:
                 cudart.cudaFree(ptr)

@@ -1,36 +1,134 @@
 """Load a bundle, check it, and run its graphs: numpy in, numpy out.
 
-- every file the manifest lists is checked against its sha256 before use; a file that does not
-  match is reported and never loaded;
-- ONNX Runtime providers are taken in the order TensorRT, CUDA, CPU among those available; the
-  provider that actually runs is reported, with a warning when a GPU was asked for and not used;
-- inputs are checked against the manifest's I/O spec (dtype, rank, fixed sizes, min/max ranges);
-- sessions are built once per variant and reused across requests (ORT's ``run`` is thread-safe).
+- the one factory of ONNX Runtime sessions (:class:`OrtSession`): serving, and the pipeline's
+  scoring, parity and benchmarks, all run graphs through it with the same settings;
+- a graph file is read once, its bytes checked against the manifest's sha256 and the session
+  built from those same bytes: a file that does not match is reported and never loaded;
+- providers in the order TensorRT, CUDA, CPU among those available; the provider that actually
+  runs is reported, with a warning when a GPU was asked for and not used;
+- inputs (and outputs) are checked against each graph's I/O spec by a check compiled once per
+  graph, so a decode loop's hundreds of calls pay microseconds each;
+- sessions are built once per (graph, variant) and reused across requests (ORT's run is thread-safe).
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from serve.files import sha256
+from serve.bundle import (BundleError, check_graphs, graph_files, read_manifest, sha256, sha256_bytes,
+                          variant_title)
+from serve.engine import EngineSession, tensorrt_missing
 
-SCHEMA_VERSION = 1
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-VARIANT_TITLES = {"fp32": "fp32 (model.onnx)", "opt": "fp32, ORT-optimized", "int8": "INT8", "fp16": "FP16",
-                  "tensorrt": "TensorRT engine"}
+
+Feeds = dict[str, np.ndarray]
+Runner = Callable[[Feeds], dict[str, np.ndarray]]  # a graph: named inputs -> named outputs
 
 
-class BundleError(Exception):
-    """A bundle, file or input that cannot be used; the message is meant for people."""
+class OrtSession:
+    """An ONNX Runtime session on the preferred available providers, called with named inputs."""
+
+    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int = 0,
+                 name: str = "the graph"):
+        available = ort.get_available_providers()
+        asked = providers or [p for p in PREFERRED if p in available]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # a server runs many small requests side by side: idle ORT threads must sleep, not spin
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            opts.intra_op_num_threads = threads
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=asked)
+        except Exception as e:  # noqa: BLE001
+            raise BundleError(f"{name} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+        self.provider = self.providers[0]
+        if GPU_PROVIDERS & set(asked) and not GPU_PROVIDERS & set(self.providers):
+            warnings.warn(f"{name}: a GPU provider was asked for ({asked}) but ONNX Runtime runs it on "
+                          f"{self.providers}: is onnxruntime (CPU) installed beside onnxruntime-gpu?", stacklevel=2)
+
+    def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+
+class IOCheck:
+    """A graph's I/O spec compiled into plain tuples once; checking a call costs microseconds."""
+
+    def __init__(self, io: dict[str, Any]):
+        dims = io.get("dims", {})
+
+        def compile_(specs):
+            out = []
+            for s in specs:
+                axes = tuple((a, None, None) if isinstance(a, int) else (a, dims.get(a, {}).get("min", 0),
+                                                                         dims.get(a, {}).get("max", 1 << 62))
+                             for a in s["shape"])
+                out.append((s["name"], np.dtype(s["dtype"]), axes))
+            return tuple(out)
+
+        self.inputs, self.outputs = compile_(io["inputs"]), compile_(io["outputs"])
+        self.input_names = frozenset(n for n, _, _ in self.inputs)
+
+    def check_inputs(self, feeds: Feeds) -> None:
+        if feeds.keys() != self.input_names:
+            missing, extra = self.input_names - set(feeds), set(feeds) - self.input_names
+            raise BundleError(f"inputs must be {sorted(self.input_names)}; missing {sorted(missing)}, "
+                              f"unexpected {sorted(extra)}")
+        for name, dtype, axes in self.inputs:
+            value = feeds[name]
+            if not isinstance(value, np.ndarray) or value.dtype != dtype:
+                got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                raise BundleError(f"{name}: expected {dtype}, got {got}")
+            _check_shape(name, value.shape, axes)
+
+    def check_outputs(self, outputs: dict[str, np.ndarray], what: str) -> None:
+        """The graph gave what the manifest says (names, ranks, fixed sizes): a swapped file does not."""
+        if len(outputs) != len(self.outputs):
+            raise BundleError(f"{what} gave {len(outputs)} outputs; the manifest says {len(self.outputs)}")
+        for name, _, axes in self.outputs:
+            if name not in outputs:
+                raise BundleError(f"{what} has no output {name!r}; the manifest lists it")
+            _check_shape(name, outputs[name].shape, axes, f"{what}: output ")
+
+
+def _check_shape(name: str, shape: tuple[int, ...], axes, prefix: str = "") -> None:
+    if len(shape) != len(axes):
+        raise BundleError(f"{prefix}{name}: expected {len(axes)} dimensions {[a for a, _, _ in axes]}, "
+                          f"got shape {tuple(shape)}")
+    for axis, ((want, lo, hi), got) in enumerate(zip(axes, shape)):
+        if lo is None:
+            if got != want:
+                raise BundleError(f"{prefix}{name}: dimension {axis} must be {want}, got {got}")
+        elif not lo <= got <= hi:
+            raise BundleError(f"{prefix}{name}: {want} must be between {lo} and {hi}, got {got}")
+
+
+class CheckedRunner:
+    """A session of one graph with its I/O checks: what the serve loops call."""
+
+    def __init__(self, session: Any, check: IOCheck, what: str):
+        self.session, self.check, self.what = session, check, what
+        self.provider = session.provider
+
+    def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        self.check.check_inputs(feeds)
+        try:
+            outputs = self.session(feeds)
+        except Exception as e:  # noqa: BLE001 - surfaced to the user as one line
+            raise BundleError(f"the model failed on this input: {str(e).splitlines()[0][:300]}") from None
+        self.check.check_outputs(outputs, self.what)
+        return outputs
 
 
 @dataclass
@@ -48,26 +146,27 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     bad_files: dict[str, str] = field(default_factory=dict)  # file -> why it is not used
-    _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
+    checks: dict[str, IOCheck] = field(default_factory=dict, repr=False)  # graph -> compiled I/O check
+    threads: int = 0  # ORT intra-op threads; 0: all cores
+    _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
+    _hashed: dict[str, bool] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Bundle":
+    def open(cls, path: str | Path, threads: int = 0) -> "Bundle":
+        """Read and check the manifest; files are checked for presence and size here, and hashed
+        when first opened (:meth:`session`, :meth:`file`)."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise BundleError(f"{path} is not a bundle: manifest.json not found")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise BundleError(f"{path}: manifest schema {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
-        for key in ("task", "io", "variants", "files"):
-            if key not in manifest:
-                raise BundleError(f"{path}: the manifest has no {key!r}; run `python -m pipeline export {path}`")
-        bundle = cls(path, manifest)
-        bundle.verify()
+        manifest = read_manifest(path)
+        check_graphs(manifest, str(path))
+        bundle = cls(path, manifest, threads=threads)
+        for name, entry in manifest["files"].items():
+            p = path / name
+            if not p.is_file():
+                bundle.bad_files[name] = "missing"
+            elif not isinstance(entry, dict) or p.stat().st_size != entry.get("bytes"):
+                bundle.bad_files[name] = "altered or truncated (its size does not match the manifest)"
+        bundle.checks = {g: IOCheck(spec["io"]) for g, spec in manifest["graphs"].items()}
         return bundle
 
     # -- what it holds ------------------------------------------------------------------------
@@ -81,162 +180,103 @@ class Bundle:
         return self.manifest.get("run", self.path.name)
 
     @property
-    def labels(self) -> list[str]:
-        return list(self.manifest.get("labels", []))
+    def info(self) -> dict[str, Any]:
+        """Task-specific facts written by the task at export (labels, vocabulary, ...)."""
+        return self.manifest.get("info", {})
 
-    def verify(self) -> dict[str, str]:
-        """Re-hash every listed file; those that are missing or changed go to ``bad_files``."""
-        bad = {}
-        for name, entry in self.manifest["files"].items():
-            p = self.path / name
-            if not p.is_file():
-                bad[name] = "missing"
-            elif p.stat().st_size != entry["bytes"] or sha256(p) != entry["sha256"]:
-                bad[name] = "altered or truncated (sha256 does not match the manifest)"
-        with self._lock:
-            self.bad_files = bad
-            for variant, entry in self.manifest["variants"].items():
-                if entry.get("file") in bad:
-                    self._sessions.pop(variant, None)
-        return bad
+    @property
+    def inference(self) -> dict[str, Any]:
+        """The served defaults of the task's inference settings, as verified at export."""
+        return self.manifest.get("inference", {})
+
+    @property
+    def graphs(self) -> list[str]:
+        return list(self.manifest["graphs"])
 
     def variants(self) -> list[str]:
-        """Variants that passed their accuracy check and whose file is intact, fp32 first."""
+        """Variants that passed their metric check and whose files are intact, fp32 first."""
         out = []
         for name, entry in self.manifest["variants"].items():
-            if entry.get("status") == "accepted" and entry.get("file") and entry["file"] not in self.bad_files:
-                if name == "tensorrt" and _trt_missing():
-                    continue
-                out.append(name)
+            files = graph_files(self.manifest, name)
+            if entry.get("status") != "accepted" or not files or any(f in self.bad_files for f in files.values()):
+                continue
+            if name == "tensorrt" and tensorrt_missing():
+                continue
+            out.append(name)
         return out
 
     def file(self, name: str) -> Path | None:
-        """A listed, intact file of the bundle (None otherwise)."""
-        if name in self.manifest["files"] and name not in self.bad_files and (self.path / name).is_file():
-            return self.path / name
-        return None
+        """A listed, intact file of the bundle (hashed on first use), or None."""
+        if name not in self.manifest["files"] or name in self.bad_files or not (self.path / name).is_file():
+            return None
+        if not self._hashed.get(name):
+            if sha256(self.path / name) != self.manifest["files"][name].get("sha256"):
+                self.bad_files[name] = "altered (sha256 does not match the manifest)"
+                return None
+            self._hashed[name] = True
+        return self.path / name
 
     # -- running ------------------------------------------------------------------------------
 
-    def check_inputs(self, feeds: dict[str, np.ndarray]) -> None:
-        """Inputs against the I/O spec: names, dtype, rank, fixed sizes and each dimension's range."""
-        io = self.manifest["io"]
-        specs = {s["name"]: s for s in io["inputs"]}
-        missing, extra = set(specs) - set(feeds), set(feeds) - set(specs)
-        if missing or extra:
-            raise BundleError(f"inputs must be {sorted(specs)}; missing {sorted(missing)}, unexpected {sorted(extra)}")
-        for name, value in feeds.items():
-            spec = specs[name]
-            if not isinstance(value, np.ndarray) or value.dtype != np.dtype(spec["dtype"]):
-                got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-                raise BundleError(f"{name}: expected {spec['dtype']}, got {got}")
-            if value.ndim != len(spec["shape"]):
-                raise BundleError(f"{name}: expected {len(spec['shape'])} dimensions {spec['shape']}, got shape {value.shape}")
-            for axis, (want, got) in enumerate(zip(spec["shape"], value.shape)):
-                if isinstance(want, int):
-                    if got != want:
-                        raise BundleError(f"{name}: dimension {axis} must be {want}, got {got}")
-                    continue
-                rng = io["dims"][want]
-                if not rng["min"] <= got <= rng["max"]:
-                    raise BundleError(f"{name}: {want} must be between {rng['min']} and {rng['max']}, got {got}")
-
-    def session(self, variant: str = "fp32", providers: list[str] | None = None):
-        """The (cached) runner of ``variant``: an ORT session, or a TensorRT engine.
-
-        A cached runner is reused only while its file keeps the size and modification time it
-        was verified with; a file changed on disk is re-hashed (and refused when it no longer
-        matches the manifest).
-        """
-        entry = self.manifest["variants"].get(variant)
-        with self._lock:
-            cached = self._sessions.get(variant)
-        if cached is not None:
-            runner, stamp = cached
-            if _stamp(self.path / entry["file"]) == stamp:
-                return runner
-            with self._lock:
-                self._sessions.pop(variant, None)
-        if entry is None or entry.get("status") != "accepted" or not entry.get("file"):
-            raise BundleError(f"variant {variant!r} is not available; available: {', '.join(self.variants())}")
-        name = entry["file"]
+    def _read_verified(self, name: str) -> bytes:
+        """A graph file's bytes, after checking them against the manifest's sha256."""
         path = self.path / name
         if not path.is_file():
+            self.bad_files[name] = "missing"
             raise BundleError(f"{name} is missing from {self.path}")
-        stamp = _stamp(path)
-        if sha256(path) != self.manifest["files"].get(name, {}).get("sha256"):
+        data = path.read_bytes()
+        if sha256_bytes(data) != self.manifest["files"].get(name, {}).get("sha256"):
             self.bad_files[name] = "altered or truncated (sha256 does not match the manifest)"
             raise BundleError(f"{name} was altered or truncated after it was written (sha256 mismatch); not loaded")
-        if variant == "tensorrt":
-            from serve.engine import EngineSession
+        return data
 
-            runner = EngineSession(path)
-        else:
-            runner = OrtSession(path, providers)
+    def session(self, graph: str, variant: str = "fp32") -> CheckedRunner:
+        """The (cached) checked runner of ``graph`` in ``variant``: an ORT session or a TensorRT engine."""
+        key = (graph, variant)
+        if (cached := self._sessions.get(key)) is not None:
+            return cached
+        if variant not in self.variants():
+            damaged = [f"{f} {self.bad_files[f]}" for f in graph_files(self.manifest, variant).values()
+                       if f in self.bad_files]
+            why = f" ({'; '.join(damaged)})" if damaged else ""
+            raise BundleError(f"variant {variant!r} is not available{why}; available: {', '.join(self.variants())}")
+        if graph not in self.manifest["graphs"]:
+            raise BundleError(f"{self.path} has no graph {graph!r}; it has {', '.join(self.graphs)}")
+        name = self.manifest["graphs"][graph]["files"][variant]
+        data = self._read_verified(name)
+        session = EngineSession(data, name) if variant == "tensorrt" else OrtSession(data, threads=self.threads, name=name)
+        runner = CheckedRunner(session, self.checks[graph], name)
         with self._lock:
-            return self._sessions.setdefault(variant, (runner, stamp))[0]
+            return self._sessions.setdefault(key, runner)
+
+    def runners(self, variant: str = "fp32") -> dict[str, CheckedRunner]:
+        """{graph: runner} of one variant: what a task's serve loop runs over."""
+        return {g: self.session(g, variant) for g in self.graphs}
 
     def warm_up(self) -> dict[str, str]:
-        """Build every usable variant's session now, so the first request does not pay for it.
+        """Build every usable variant's sessions now, so the first request does not pay for it.
 
         Returns the variants that could not be loaded, with why (they stay unavailable)."""
         failed = {}
         for variant in self.variants():
             try:
-                self.session(variant)
+                self.runners(variant)
             except BundleError as e:
                 failed[variant] = str(e)
         return failed
 
-    def run(self, feeds: dict[str, np.ndarray], variant: str = "fp32") -> Prediction:
-        self.check_inputs(feeds)
-        sess = self.session(variant)
+    def run(self, feeds: Feeds, variant: str = "fp32", graph: str | None = None) -> Prediction:
+        """One call of ``graph`` (the bundle's only graph when None), timed."""
+        if graph is None:
+            if len(self.graphs) != 1:
+                raise BundleError(f"{self.path} has graphs {self.graphs}: name the one to run")
+            graph = self.graphs[0]
+        runner = self.session(graph, variant)
         t0 = time.perf_counter()
-        try:
-            outputs = sess.run(feeds)
-        except Exception as e:  # noqa: BLE001 - surfaced to the user as one line
-            raise BundleError(f"the model failed on this input: {str(e).splitlines()[0][:300]}") from None
-        names = [s["name"] for s in self.manifest["io"]["outputs"]]
-        return Prediction(dict(zip(names, outputs)), time.perf_counter() - t0, variant, sess.provider)
+        outputs = runner(feeds)
+        return Prediction(outputs, time.perf_counter() - t0, variant, runner.provider)
 
-
-class OrtSession:
-    """An ONNX Runtime session on the preferred available providers."""
-
-    def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0):
-        available = ort.get_available_providers()
-        asked = providers or [p for p in PREFERRED if p in available]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # a server runs many small requests side by side: idle ORT threads must sleep, not spin
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
-        except Exception as e:  # noqa: BLE001
-            raise BundleError(f"{path.name} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None
-        self.providers = self.session.get_providers()
-        self.provider = self.providers[0]
-        if GPU_PROVIDERS & set(asked) and not GPU_PROVIDERS & set(self.providers):
-            warnings.warn(f"{path.name}: a GPU provider was asked for ({asked}) but ONNX Runtime runs it on "
-                          f"{self.providers}: is onnxruntime (CPU) installed beside onnxruntime-gpu?", stacklevel=2)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
-def _trt_missing() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    def describe(self, variant: str) -> str:
+        """``INT8, CPUExecutionProvider``: what runs a variant, for the app's latency lines."""
+        providers = {r.provider for r in self.runners(variant).values()}
+        return f"{variant_title(variant)}, {', '.join(sorted(providers))}"

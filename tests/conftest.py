@@ -24,3 +24,14 @@ def smoke_bundle(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (out / "classify").iterdir()
     return run_dir
+
+
+BUNDLE_FIXTURES = {"smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a pipeline-built bundle is end to end: it is ``slow`` whether or not it says so,
+    so ``-m "not slow"`` skips every one of them (tests/test_layers.py checks the marking holds)."""
+    for item in items:
+        if BUNDLE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

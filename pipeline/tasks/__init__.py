@@ -1,15 +1,18 @@
-"""The task registry: name -> the module holding all training-side knowledge of that task."""
+"""The task registry: name -> the Task holding all training-side knowledge of that task.
+
+Adding a task: its ``models/`` file(s), ``pipeline/tasks/<task>.py`` with a Task subclass,
+``serve/tasks/<task>.py`` with its tab, and one line in each registry.
+"""
 from __future__ import annotations
 
-from types import ModuleType
-
 from pipeline.errors import PipelineError
-from pipeline.tasks import classify
+from pipeline.tasks.base import Task
+from pipeline.tasks.classify import Classify
 
-TASKS: dict[str, ModuleType] = {"classify": classify}
+TASKS: dict[str, Task] = {task.name: task for task in (Classify(),)}
 
 
-def get_task(name: str) -> ModuleType:
+def get_task(name: str) -> Task:
     if name not in TASKS:
         raise PipelineError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]

@@ -1,22 +1,40 @@
-"""What a task is to the pipeline, and how its run config is resolved.
+"""What a task is to the pipeline (the :class:`Task` interface), and how its run config is resolved.
 
-A run config is a task's own dataclass with sections ``model`` (an architecture name from the
-models registry plus that architecture's typed fields), ``data``, ``train``, ``optimize`` and
-``benchmark``. Layers, lowest first: the dataclass defaults, the task's preset, ``--config FILE``,
-then ``--set key=value``; every layer is checked for unknown keys and types.
+A task is a subclass of :class:`Task` registered in ``pipeline/tasks/__init__.py``. The generic
+stages (train, export, optimize, benchmark) call only the methods below; each has a shape comment
+and the optional ones a default.
+
+A run config has sections ``model`` (an architecture name from the models registry plus that
+architecture's typed fields), ``data``, ``train``, ``optimize``, ``benchmark`` and ``inference``
+(the task's own dataclasses for data, benchmark and inference). Layers, lowest first: the
+dataclass defaults, the task's preset, ``--config FILE``, then ``--set key=value``; every layer is
+checked for unknown keys and types.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Iterable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 import models
+from export.contract import ExportContract
 from pipeline.config import from_dict, merge, to_dict, unknown_key
 from pipeline.errors import PipelineError
-from pipeline.train import TrainConfig
+from pipeline.train import EvalFn, StepFn, TrainConfig
 
 PRESETS = ("smoke", "quick", "full")
+Feeds = dict[str, np.ndarray]
+Runners = dict[str, Any]  # graph name -> a callable Feeds -> {output name: array} (ORT, torch or TensorRT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config sections every task shares
 
 
 @dataclass
@@ -25,23 +43,32 @@ class OptimizeConfig:
     # time (MatMul-heavy nets); auto: static, then dynamic where static fails or loses more than max_drop
     int8: Literal["auto", "static", "dynamic"] = "auto"
     calibration_samples: int = 256  # (int) training samples used to calibrate static INT8
-    max_drop: float = 0.5  # (float) metric points a variant may lose against fp32 before it is rejected
+    # (float) how much of the task's metric (in its unit) a variant may lose against fp32 before it is
+    # rejected; unset: the task's own tolerance
+    max_drop: float | None = None
 
     def __post_init__(self):
-        if self.calibration_samples < 1 or self.max_drop < 0:
-            raise ValueError("calibration_samples must be >= 1 and max_drop >= 0")
+        if self.calibration_samples < 1 or (self.max_drop is not None and not (0 <= self.max_drop < math.inf)):
+            raise ValueError("calibration_samples must be >= 1 and max_drop a finite number >= 0")
 
 
 @dataclass
 class BenchmarkConfig:
+    """What every task's benchmark has; a task subclasses it for its own axes (context lengths, steps)."""
+
     batch_sizes: tuple[int, ...] = (1, 32, 256)  # (list[int]) batch sizes to time
-    seconds: float = 2.0  # (float) time budget per backend and batch size
-    min_runs: int = 5  # (int) fewest timed calls per backend and batch size
+    seconds: float = 2.0  # (float) time budget per backend and case
+    min_runs: int = 5  # (int) fewest timed calls per backend and case
     threads: int = 0  # (int) intra-op threads for ORT and torch; 0 = all cores
 
     def __post_init__(self):
-        if not self.batch_sizes or min(self.batch_sizes) < 1 or self.seconds <= 0 or self.min_runs < 1:
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.seconds > 0 or self.min_runs < 1:
             raise ValueError("batch_sizes must be >= 1 (at least one), seconds > 0 and min_runs >= 1")
+
+
+@dataclass
+class NoInference:
+    """A task whose served graph needs no settings (its inference section is empty)."""
 
 
 @dataclass
@@ -50,10 +77,11 @@ class RunConfig:
     preset: str
     model_name: str
     model: Any  # the architecture's config dataclass
-    data: Any  # the task's data config dataclass
+    data: Any  # the task's DataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    benchmark: Any = field(default_factory=BenchmarkConfig)  # the task's BenchmarkConfig
+    inference: Any = field(default_factory=NoInference)  # the task's InferenceConfig: served defaults
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``model`` holds ``name`` beside the architecture's fields."""
@@ -62,39 +90,179 @@ class RunConfig:
         return out
 
 
-SECTIONS = ("task", "preset", "model", "data", "train", "optimize", "benchmark")
+SECTIONS = ("task", "preset", "model", "data", "train", "optimize", "benchmark", "inference")
 
 
-def resolve(task, preset: str, *layers: dict[str, Any]) -> RunConfig:
+# ---------------------------------------------------------------------------------------------
+# What the generic stages exchange with a task
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # key in the task's score dicts, e.g. "accuracy"
+    direction: Literal["max", "min"]  # which way is better
+    tolerance: float  # how much a variant may lose against fp32 (in ``unit``) before it is rejected
+    unit: str = ""  # "%", "bits/byte", ...
+
+    def loss(self, reference: float, value: float) -> float:
+        """How much worse ``value`` is than ``reference`` (negative when better)."""
+        return reference - value if self.direction == "max" else value - reference
+
+
+@dataclass
+class Graph:
+    """One exported graph: the deployable module (pre/post-processing inside), its contract as
+    data, example inputs for the exporter, and what the ``.onnx`` file says of itself."""
+
+    module: nn.Module
+    contract: ExportContract
+    example: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EvalSet:
+    """Held-out inputs that exports are verified on: ``items`` is whatever :meth:`Task.infer` takes."""
+
+    name: str  # manifest key: "test", "stress", ...
+    description: str  # what it holds, for people
+    items: Any
+    samples: int
+
+
+@dataclass
+class BenchCase:
+    """One timed cell: ``items`` for :meth:`Task.infer`, the task's axes and the work it does."""
+
+    axes: dict[str, int]  # e.g. {"batch": 32} or {"batch": 1, "new_tokens": 64}
+    items: Any
+    units: float  # work per call in Task.bench_unit (samples, tokens, seconds of audio, images)
+
+
+class Task:
+    """The training-side interface of a task. Class attributes describe it; methods do the work."""
+
+    name: ClassVar[str]
+    architectures: ClassVar[tuple[str, ...]]  # model.name choices, from the models registry
+    default_model: ClassVar[str]
+    presets: ClassVar[dict[str, dict[str, Any]]]  # smoke / quick / full overrides
+    metric: ClassVar[Metric]
+    DataConfig: ClassVar[type]
+    BenchmarkConfig: ClassVar[type] = BenchmarkConfig
+    InferenceConfig: ClassVar[type] = NoInference
+    train_unit: ClassVar[str] = "samples"  # what the training step's count measures
+    bench_unit: ClassVar[str] = "samples"  # what BenchCase.units measures
+    usage: ClassVar[str] = ""  # the model card's "run it with onnxruntime" snippet (markdown)
+
+    # -- data and model ------------------------------------------------------------------------
+
+    def load_data(self, cfg: RunConfig) -> Any:
+        """The task's data (splits train / val / test), from cfg.data."""
+        raise NotImplementedError
+
+    def describe_data(self, data: Any) -> str:
+        """One line for the training banner."""
+        return str(getattr(data, "source", type(data).__name__))
+
+    def complete_config(self, cfg: RunConfig, data: Any) -> RunConfig:
+        """Fill in config fields that the data decides (class count, vocabulary)."""
+        return cfg
+
+    def build_model(self, cfg: RunConfig, data: Any | None = None) -> nn.Module:
+        """The trainable module; ``data`` is given when training starts (to fit normalization, say)."""
+        raise NotImplementedError
+
+    def dataset(self, data: Any, split: Literal["train", "val", "test"], cfg: RunConfig) -> Dataset:
+        """A torch Dataset of one split (map-style: random windows are indices into one long array)."""
+        raise NotImplementedError
+
+    collate: ClassVar[Any] = None  # list of samples -> batch (variable lengths); None: torch's default
+
+    def make_training_step(self, cfg: RunConfig) -> StepFn:
+        """step(model, batch, device, generator) -> (loss, units in the batch)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, data_set: Dataset, device: torch.device) -> dict[str, float]:
+        """Torch-side metrics of a split (``metric.name`` among them); EvalFn of the loop."""
+        raise NotImplementedError
+
+    # -- export, verification, benchmark ----------------------------------------------------------
+
+    def graphs(self, model: nn.Module, cfg: RunConfig, data: Any) -> dict[str, Graph]:
+        """The graphs to export, by name (the name is the file stem: ``model`` -> model.onnx)."""
+        raise NotImplementedError
+
+    def eval_sets(self, data: Any, cfg: RunConfig) -> list[EvalSet]:
+        """Held-out inputs; the first is scored (the task's metric), every one is checked for parity."""
+        raise NotImplementedError
+
+    def infer(self, runners: Runners, items: Any, cfg: RunConfig) -> Any:
+        """Run the served computation over graph runners: one call per batch, or the decode/sampler
+        loop of ``serve/tasks/<task>.py``. The same code runs ORT, TensorRT and torch runners."""
+        raise NotImplementedError
+
+    def score(self, outputs: Any, items: Any, cfg: RunConfig) -> dict[str, float]:
+        """Metrics of :meth:`infer`'s outputs on an eval set (``metric.name`` among them)."""
+        raise NotImplementedError
+
+    def parity(self, reference: Any, candidate: Any) -> dict[str, float]:
+        """How far two runs of :meth:`infer` are apart; gated by each graph contract's parity bounds."""
+        raise NotImplementedError
+
+    def calibration(self, data: Any, cfg: RunConfig, samples: int) -> dict[str, Iterable[Feeds]] | None:
+        """Per graph, input batches to calibrate static INT8; None: static INT8 does not apply."""
+        return None
+
+    def benchmark_cases(self, data: Any, cfg: RunConfig) -> list[BenchCase]:
+        """What the benchmark times, with the task's axes and units."""
+        raise NotImplementedError
+
+    def examples(self, data: Any, cfg: RunConfig) -> list[tuple[str, bytes]]:
+        """Held-out examples for the app and model card, as (file name, file bytes) of the task's kind."""
+        return []
+
+    def info(self, cfg: RunConfig, data: Any) -> dict[str, Any]:
+        """Task facts serving needs (labels, vocabulary): the manifest's ``info``."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config resolution
+
+
+def resolve(task: Task, preset: str, *layers: dict[str, Any]) -> RunConfig:
     """Build ``task``'s RunConfig: defaults <- preset <- each of ``layers`` in order."""
     if preset not in PRESETS:
         raise PipelineError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    raw: dict[str, Any] = {"model": {"name": task.DEFAULT_MODEL}}
-    for layer in (task.PRESETS[preset], *layers):
-        for key in layer:
+    raw: dict[str, Any] = {"model": {"name": task.default_model}}
+    for layer in (task.presets.get(preset, {}), *layers):
+        for key, value in layer.items():
             if key not in SECTIONS:
                 raise unknown_key(key, SECTIONS, "")
+            if key not in ("task", "preset") and not isinstance(value, dict):
+                raise PipelineError(f"{key}: expected a table of settings (e.g. {key}.<name>=...), got {value!r}")
         model_layer = layer.get("model", {})
         if "name" in model_layer and model_layer["name"] != raw["model"].get("name"):
             # another architecture: the fields set for the previous one no longer apply
             raw = {**raw, "model": {}}
         raw = merge(raw, layer)
-    if raw.get("task", task.NAME) != task.NAME:
-        raise PipelineError(f"config is for task {raw['task']!r}, not {task.NAME!r}")
+    if raw.get("task", task.name) != task.name:
+        raise PipelineError(f"config is for task {raw['task']!r}, not {task.name!r}")
     model_raw = dict(raw.get("model", {}))
-    name = model_raw.pop("name", task.DEFAULT_MODEL)
-    if name not in task.ARCHITECTURES:
-        raise PipelineError(f"model.name {name!r} is not one of {task.NAME}'s models: {', '.join(task.ARCHITECTURES)}")
+    name = model_raw.pop("name", task.default_model)
+    if name not in task.architectures:
+        raise PipelineError(f"model.name {name!r} is not one of {task.name}'s models: {', '.join(task.architectures)}")
     model_cfg = from_dict(models.config_class(name), model_raw, "model")
     return RunConfig(
-        task=task.NAME,
+        task=task.name,
         preset=raw.get("preset", preset),
         model_name=name,
         model=model_cfg,
         data=from_dict(task.DataConfig, raw.get("data", {}), "data"),
         train=from_dict(TrainConfig, raw.get("train", {}), "train"),
         optimize=from_dict(OptimizeConfig, raw.get("optimize", {}), "optimize"),
-        benchmark=from_dict(BenchmarkConfig, raw.get("benchmark", {}), "benchmark"),
+        benchmark=from_dict(task.BenchmarkConfig, raw.get("benchmark", {}), "benchmark"),
+        inference=from_dict(task.InferenceConfig, raw.get("inference", {}), "inference"),
     )
 
 
@@ -104,3 +272,7 @@ def with_model_fields(cfg: RunConfig, **values) -> RunConfig:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **values))
     except ValueError as e:
         raise PipelineError(f"model: {e}") from None
+
+
+__all__ = ["BenchCase", "BenchmarkConfig", "EvalFn", "EvalSet", "Graph", "Metric", "NoInference", "OptimizeConfig",
+           "RunConfig", "StepFn", "Task", "resolve", "with_model_fields"]

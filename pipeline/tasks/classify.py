@@ -6,6 +6,7 @@ the network, softmax.
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -20,12 +21,9 @@ import models
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
 from pipeline.data.images import ImageData, ImageSplit, load_digits, load_image_folder
 from pipeline.errors import PipelineError
-from pipeline.tasks.base import RunConfig, with_model_fields
+from pipeline.tasks.base import BenchCase, EvalSet, Graph, Metric, RunConfig, Task, with_model_fields
 
-NAME = "classify"
-ARCHITECTURES = ("mlp", "lenet", "resnet", "vit")  # model.name choices, from the models registry
-DEFAULT_MODEL = "resnet"
-METRIC = ("accuracy", "max")  # primary metric (percent on the test split) and its direction
+EVAL_BATCH = 256  # images per graph call when scoring and checking parity
 
 
 @dataclass
@@ -45,7 +43,7 @@ class DataConfig:
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
 
 
-PRESETS = {
+PRESETS = {  # smoke / quick / full
     "smoke": {"model": {"name": "lenet", "channels": [16, 32], "hidden": 64},
               "train": {"epochs": 8, "batch_size": 64, "lr": 4e-3, "warmup_epochs": 0.0},
               "optimize": {"calibration_samples": 64}, "benchmark": {"batch_sizes": [1, 32], "seconds": 0.1}},
@@ -55,29 +53,6 @@ PRESETS = {
                        "dropout": 0.1},
              "train": {"epochs": 150, "batch_size": 128, "lr": 2e-3, "warmup_epochs": 5.0}},
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-def load_data(cfg: RunConfig) -> ImageData:
-    d = cfg.data
-    fractions = (d.val_fraction, d.test_fraction)
-    if d.source == "digits":
-        if d.channels != 1:
-            raise PipelineError("the digits are grey: use data.channels=1 with data.source=digits")
-        return load_digits(fractions, d.split_seed)
-    return load_image_folder(d.source, d.channels, d.load_size, fractions, d.split_seed)
-
-
-def complete_config(cfg: RunConfig, data: ImageData) -> RunConfig:
-    """Fill in the model fields that the data decides."""
-    return with_model_fields(cfg, in_chans=cfg.data.channels, num_classes=len(data.class_names))
-
-
-def torch_split(split: ImageSplit) -> Dataset:
-    return TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.labels))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,19 +111,6 @@ class Deployable(nn.Module):
         return torch.softmax(self.classifier(image).float(), dim=-1)
 
 
-def build_model(cfg: RunConfig, data: ImageData | None = None) -> ImageClassifier:
-    """The trainable module; with ``data``, normalization statistics come from its training split."""
-    net = models.create_model(cfg.model_name, cfg.model)
-    model = ImageClassifier(net, cfg.model.in_chans, cfg.model.image_size)
-    if data is not None:
-        model.preprocess.fit(data.train.images)
-    return model
-
-
-def deployable(model: ImageClassifier) -> nn.Module:
-    return Deployable(model)
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -173,6 +135,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, degrees=12.0, scal
 
 
 def make_training_step(cfg: RunConfig):
+    """The training step: augmented images (when data.augment) -> cross-entropy."""
     do_augment = cfg.data.augment
 
     def training_step(model: nn.Module, batch, device: torch.device, generator: torch.Generator):
@@ -203,85 +166,22 @@ def evaluate(model: nn.Module, data_set: Dataset, device: torch.device, batch_si
     return {"loss": loss / count, "accuracy": 100.0 * correct / count}
 
 
+
+
 # ---------------------------------------------------------------------------------------------
-# Export: contract, graph-level batches, metrics and parity on graph outputs
+# The task
 
 
-def contract(cfg: RunConfig) -> ExportContract:
-    chans: str | int = "channels" if cfg.model.in_chans == 1 else cfg.model.in_chans
-    dims = {"batch": DimRange(1, 32, 1024), "height": DimRange(8, 28, 4096), "width": DimRange(8, 28, 4096)}
-    if chans == "channels":
-        dims["channels"] = DimRange(1, 1, 4)
-    return ExportContract(
-        inputs=(TensorSpec("image", "uint8", ("batch", "height", "width", chans),
-                           "pixels in [0, 255], any size; dark ink on light background for the digits"),),
-        outputs=(TensorSpec("probs", "float32", ("batch", cfg.model.num_classes), "class probabilities, sum 1"),),
-        dims=dims,
-        parity=(Bound("max_abs_diff", "<=", 1e-4), Bound("top1_agreement", ">=", 1.0)),
-    )
+class Classify(Task):
+    """Image classification. Graph ``model``: ``image`` uint8 (N, H, W, C) of any size -> ``probs`` (N, K)."""
 
-
-def example_inputs(data: ImageData) -> dict[str, torch.Tensor]:
-    return {"image": torch.from_numpy(data.test.images[:2])}
-
-
-def graph_batches(split: ImageSplit, batch_size: int = 256) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """(graph inputs, targets) over a whole split, in order."""
-    for i in range(0, len(split), batch_size):
-        yield {"image": split.images[i : i + batch_size]}, split.labels[i : i + batch_size]
-
-
-STRESS = "test split enlarged 4x, RGB"  # what stress_batches holds, as the manifest names it
-
-
-def stress_batches(data: ImageData, scale: int = 4) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """The test split as inputs the network never saw in training: enlarged (nearest) ``scale``
-    times, so the graph's antialiased resize shrinks them, and with three channels."""
-    images = np.kron(data.test.images, np.ones((1, scale, scale, 1), dtype=np.uint8))
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    return graph_batches(ImageSplit(images, data.test.labels), batch_size=128)
-
-
-def score(outputs: list[list[np.ndarray]], targets: list[np.ndarray]) -> dict[str, float]:
-    """Accuracy (percent) from the graph's ``probs`` batches."""
-    pred = np.concatenate([o[0].argmax(-1) for o in outputs])
-    return {"accuracy": 100.0 * float((pred == np.concatenate(targets)).mean())}
-
-
-def parity(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> dict[str, float]:
-    """Max abs probability difference and top-1 agreement of two runs over the same batches."""
-    a = np.concatenate([o[0] for o in reference]).astype(np.float64)
-    b = np.concatenate([o[0] for o in candidate]).astype(np.float64)
-    return {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
-
-
-def examples(data: ImageData, per_class: int = 2, scale: int = 8) -> list[tuple[str, np.ndarray]]:
-    """Held-out test images for the app, ``per_class`` of each label, enlarged (nearest) to be seen."""
-    out = []
-    for c, label in enumerate(data.class_names):
-        for i in np.flatnonzero(data.test.labels == c)[:per_class]:
-            image = data.test.images[i]
-            if image.shape[0] < 64:
-                image = np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8))
-            out.append((f"{label}_{i}.png", image))
-    return out
-
-
-def metadata(cfg: RunConfig, data: ImageData) -> dict[str, str]:
-    """What a copied ``model.onnx`` says of itself (``metadata_props``)."""
-    return {
-        "task": NAME,
-        "labels": ",".join(data.class_names),
-        "architecture": cfg.model_name,
-        "inputs": "image: uint8 [N,H,W,C], pixels 0..255, any size (resized inside); "
-                  + ("grey network: any channel count is averaged" if cfg.model.in_chans == 1 else "RGB"),
-        "outputs": f"probs: float32 [N,{cfg.model.num_classes}], softmax over labels in order",
-        "data": data.source,
-    }
-
-
-USAGE = """```python
+    name = "classify"
+    architectures = ("mlp", "lenet", "resnet", "vit")
+    default_model = "resnet"
+    presets = PRESETS
+    metric = Metric("accuracy", "max", tolerance=0.5, unit="%")
+    DataConfig = DataConfig
+    usage = """```python
 import numpy as np, onnxruntime as ort
 from PIL import Image
 
@@ -291,3 +191,119 @@ image = np.asarray(Image.open("digit.png").convert("L"))[None, :, :, None]  # ui
 probs = session.run(["probs"], {"image": image})[0][0]
 print(labels[int(probs.argmax())], float(probs.max()))
 ```"""
+
+    # -- data and model ------------------------------------------------------------------------
+
+    def load_data(self, cfg: RunConfig) -> ImageData:
+        d = cfg.data
+        fractions = (d.val_fraction, d.test_fraction)
+        if d.source == "digits":
+            if d.channels != 1:
+                raise PipelineError("the digits are grey: use data.channels=1 with data.source=digits")
+            return load_digits(fractions, d.split_seed)
+        return load_image_folder(d.source, d.channels, d.load_size, fractions, d.split_seed)
+
+    def describe_data(self, data: ImageData) -> str:
+        return f"{data.source} [{len(data.train)} train / {len(data.val)} val / {len(data.test)} test]"
+
+    def complete_config(self, cfg: RunConfig, data: ImageData) -> RunConfig:
+        return with_model_fields(cfg, in_chans=cfg.data.channels, num_classes=len(data.class_names))
+
+    def build_model(self, cfg: RunConfig, data: ImageData | None = None) -> ImageClassifier:
+        """With ``data``, the normalization statistics come from its training split."""
+        net = models.create_model(cfg.model_name, cfg.model)
+        model = ImageClassifier(net, cfg.model.in_chans, cfg.model.image_size)
+        if data is not None:
+            model.preprocess.fit(data.train.images)
+        return model
+
+    def dataset(self, data: ImageData, split: str, cfg: RunConfig) -> Dataset:
+        part: ImageSplit = getattr(data, split)
+        return TensorDataset(torch.from_numpy(part.images), torch.from_numpy(part.labels))
+
+    def make_training_step(self, cfg: RunConfig):
+        return make_training_step(cfg)
+
+    def evaluate(self, model: nn.Module, data_set: Dataset, device: torch.device) -> dict[str, float]:
+        return evaluate(model, data_set, device)
+
+    # -- export, verification, benchmark ----------------------------------------------------------
+
+    def contract(self, cfg: RunConfig) -> ExportContract:
+        chans: str | int = "channels" if cfg.model.in_chans == 1 else cfg.model.in_chans
+        dims = {"batch": DimRange(1, 32, 1024), "height": DimRange(8, 28, 4096), "width": DimRange(8, 28, 4096)}
+        if chans == "channels":
+            dims["channels"] = DimRange(1, 1, 4)
+        return ExportContract(
+            inputs=(TensorSpec("image", "uint8", ("batch", "height", "width", chans),
+                               "pixels in [0, 255], any size; dark ink on light background for the digits"),),
+            outputs=(TensorSpec("probs", "float32", ("batch", cfg.model.num_classes), "class probabilities, sum 1"),),
+            dims=dims,
+            parity=(Bound("max_abs_diff", "<=", 1e-4), Bound("top1_agreement", ">=", 1.0)),
+        )
+
+    def graphs(self, model: ImageClassifier, cfg: RunConfig, data: ImageData) -> dict[str, Graph]:
+        metadata = {
+            "task": self.name,
+            "labels": ",".join(data.class_names),
+            "architecture": cfg.model_name,
+            "inputs": "image: uint8 [N,H,W,C], pixels 0..255, any size (resized inside); "
+                      + ("grey network: any channel count is averaged" if cfg.model.in_chans == 1 else "RGB"),
+            "outputs": f"probs: float32 [N,{cfg.model.num_classes}], softmax over labels in order",
+            "data": data.source,
+        }
+        example = {"image": torch.from_numpy(data.test.images[:2])}
+        return {"model": Graph(Deployable(model), self.contract(cfg), example, metadata)}
+
+    def eval_sets(self, data: ImageData, cfg: RunConfig, scale: int = 4) -> list[EvalSet]:
+        """The test split, and the same images as inputs the network never saw in training: enlarged
+        (nearest) ``scale`` times, so the graph's antialiased resize shrinks them, and in RGB."""
+        big = np.kron(data.test.images, np.ones((1, scale, scale, 1), dtype=np.uint8))
+        if big.shape[-1] == 1:
+            big = np.repeat(big, 3, axis=-1)
+        return [EvalSet("test", "the held-out test split", data.test, len(data.test)),
+                EvalSet("stress", f"the test split enlarged {scale}x, RGB", ImageSplit(big, data.test.labels),
+                        len(data.test))]
+
+    def infer(self, runners, items: ImageSplit, cfg: RunConfig) -> np.ndarray:
+        """probs (N, K) of every image, EVAL_BATCH images per graph call."""
+        run = runners["model"]
+        return np.concatenate([run({"image": items.images[i : i + EVAL_BATCH]})["probs"]
+                               for i in range(0, len(items), EVAL_BATCH)])
+
+    def score(self, outputs: np.ndarray, items: ImageSplit, cfg: RunConfig) -> dict[str, float]:
+        return {"accuracy": 100.0 * float((outputs.argmax(-1) == items.labels).mean())}
+
+    def parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+        a, b = reference.astype(np.float64), candidate.astype(np.float64)
+        return {"max_abs_diff": float(np.abs(a - b).max()),
+                "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
+
+    def calibration(self, data: ImageData, cfg: RunConfig, samples: int) -> dict[str, Iterator[dict]]:
+        images = data.train.images[:samples]
+        return {"model": ({"image": images[i : i + 32]} for i in range(0, len(images), 32))}
+
+    def benchmark_cases(self, data: ImageData, cfg: RunConfig) -> list[BenchCase]:
+        cases = []
+        for n in cfg.benchmark.batch_sizes:
+            idx = np.arange(n) % len(data.test)
+            cases.append(BenchCase({"batch": n}, ImageSplit(data.test.images[idx], data.test.labels[idx]), n))
+        return cases
+
+    def examples(self, data: ImageData, cfg: RunConfig, per_class: int = 2, scale: int = 8) -> list[tuple[str, bytes]]:
+        """Held-out test images as PNG files, ``per_class`` of each label, enlarged (nearest) to be seen."""
+        from PIL import Image
+
+        out = []
+        for c, label in enumerate(data.class_names):
+            for i in np.flatnonzero(data.test.labels == c)[:per_class]:
+                image = data.test.images[i]
+                if image.shape[0] < 64:
+                    image = np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8))
+                buf = io.BytesIO()
+                Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+                out.append((f"{label}_{i}.png", buf.getvalue()))
+        return out
+
+    def info(self, cfg: RunConfig, data: ImageData) -> dict:
+        return {"labels": list(data.class_names)}

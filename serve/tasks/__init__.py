@@ -1,4 +1,10 @@
-"""Inference-side knowledge per task: numpy around the graph and the task's Gradio tab."""
-from serve.tasks import classify
+"""Inference-side knowledge per task: numpy around the graphs (loops) and the task's Gradio tab.
 
-TABS = {"classify": classify}  # task -> module with TITLE and build_tab(bundle)
+The registry: task name -> its TaskTab. Adding a task adds one line here.
+"""
+from __future__ import annotations
+
+from serve.tasks.base import TaskTab
+from serve.tasks.classify import ClassifyTab
+
+TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(),)}

@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from serve.runtime import VARIANT_TITLES, Bundle, BundleError
+from serve.bundle import BundleError
+from serve.runtime import Bundle
+from serve.tasks.base import TaskTab, guarded, readable_preprocess
 
-TITLE = "Classify"
 MAX_SIDE = 4096  # pixels; larger uploads are refused before decoding
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, ...)"
@@ -66,23 +67,24 @@ def predict(bundle: Bundle, image: np.ndarray, variant: str = "fp32", top_k: int
     """uint8 (H, W, C) -> ({label: probability} of the top k, a line on latency and provider)."""
     pred = bundle.run({"image": image[None]}, variant)
     probs = pred.outputs["probs"][0]
-    labels = bundle.labels or [str(i) for i in range(len(probs))]
+    labels = bundle.info.get("labels") or [str(i) for i in range(len(probs))]
     order = np.argsort(probs)[::-1][:top_k]
-    line = f"{pred.seconds * 1000:.2f} ms in the model ({VARIANT_TITLES.get(variant, variant)}, {pred.provider})"
+    line = f"{pred.seconds * 1000:.2f} ms in the model ({bundle.describe(variant)})"
     return {labels[i]: float(probs[i]) for i in order}, line
+
+
+class ClassifyTab(TaskTab):
+    task = "classify"
+    title = "Classify"
+    endpoints = ("classify", "classify_sketch")
+
+    def build(self, bundle: Bundle) -> None:
+        build_tab(bundle)
 
 
 def build_tab(bundle: Bundle) -> None:
     """The tab's components and events (inside an open ``gr.Tab``)."""
     import gradio as gr
-
-    def guarded(fn):
-        def run(*args):
-            try:
-                return fn(*args)
-            except BundleError as e:
-                raise gr.Error(str(e), print_exception=False) from None
-        return run
 
     def classify_upload(path, variant):
         if path is None:
@@ -92,21 +94,9 @@ def build_tab(bundle: Bundle) -> None:
     def classify_sketch(value, variant):
         return predict(bundle, from_sketch(value), variant)
 
-    def readable_preprocess(component, message: str) -> None:
-        """Gradio's own decoding error names its internals; show people ``message`` instead."""
-        original = component.preprocess
-
-        def preprocess(payload):
-            try:
-                return original(payload)
-            except Exception:  # noqa: BLE001 - any undecodable upload means the same to a person
-                raise gr.Error(message, print_exception=False) from None
-
-        component.preprocess = preprocess
-
     variants = bundle.variants()
     gr.Markdown(f"**{bundle.name}**: {bundle.manifest.get('architecture', '')} over labels "
-                f"{', '.join(bundle.labels)}. Draw a digit or upload an image.")
+                f"{', '.join(bundle.info.get('labels', []))}. Draw a digit or upload an image.")
     with gr.Row():
         with gr.Column():
             with gr.Tabs():

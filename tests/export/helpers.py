@@ -3,17 +3,24 @@ import dataclasses
 
 import torch
 
-from pipeline.tasks import classify
+from pipeline.tasks import get_task
 from pipeline.tasks.base import resolve
+from pipeline.tasks.classify import Deployable
+
+CLASSIFY = get_task("classify")
 
 
-def classify_setup(arch: str, in_chans: int = 1, image_size: int = 16):
-    cfg = resolve(classify, "smoke", {"model": {"name": arch}})
+def classify_setup(arch: str, in_chans: int = 1, image_size: int = 16, seed: int = 0, peak: float = 1.0):
+    """(config, deployable, contract); ``peak`` scales the last layer so probabilities are not near uniform."""
+    cfg = resolve(CLASSIFY, "smoke", {"model": {"name": arch}})
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_chans=in_chans, num_classes=10,
                                                              image_size=image_size))
-    torch.manual_seed(0)
-    model = classify.build_model(cfg).eval()
-    return cfg, classify.deployable(model), classify.contract(cfg)
+    torch.manual_seed(seed)
+    model = CLASSIFY.build_model(cfg).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(peak)
+    return cfg, Deployable(model), CLASSIFY.contract(cfg)
 
 
 def random_images(n, h, w, c, seed=0):

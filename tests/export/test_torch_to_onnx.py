@@ -6,11 +6,10 @@ import torch
 
 import models
 from export.contract import Bound, check_parity
-from export.ort import session
 from export.torch_to_onnx import ExportError, export_onnx, read_metadata
-from export.verify import collect, gate, torch_runner
-from pipeline.tasks import classify
-from tests.export.helpers import classify_setup, random_images
+from export.verify import TorchRunner, gate
+from serve.runtime import OrtSession
+from tests.export.helpers import CLASSIFY, classify_setup, random_images
 
 
 @pytest.mark.parametrize("arch", sorted(models.MODELS))
@@ -20,16 +19,14 @@ def test_export_parity(arch, tmp_path):
     example = {"image": torch.from_numpy(random_images(2, 8, 8, 1))}
     export_onnx(module, example, contract, path, {"task": "classify", "labels": "0,1,2,3,4,5,6,7,8,9"})
     assert not (tmp_path / "model.onnx.data").exists(), "weights must stay inside the graph"
-    sess = session(path, ["CPUExecutionProvider"])
-    batches = [({"image": random_images(n, h, w, c, seed=n)}, np.zeros(n)) for n, h, w, c in
-               [(1, 8, 8, 1), (5, 28, 28, 1), (3, 200, 120, 3), (64, 8, 8, 1)]]
-    ref, _ = collect(torch_runner(module), batches)
-    got, _ = collect(lambda x: sess.run(None, x), batches)
-    measured = classify.parity(ref, got)
-    assert check_parity(measured, contract.parity) == [], measured
-    for (inputs, _), out in zip(batches, got):
-        assert out[0].shape == (len(inputs["image"]), 10)
-        np.testing.assert_allclose(out[0].sum(-1), 1.0, rtol=1e-5)
+    sess, reference = OrtSession(path, ["CPUExecutionProvider"]), TorchRunner(module, contract)
+    for n, h, w, c in [(1, 8, 8, 1), (5, 28, 28, 1), (3, 200, 120, 3), (64, 8, 8, 1)]:
+        feeds = {"image": random_images(n, h, w, c, seed=n)}
+        got, ref = sess(feeds)["probs"], reference(feeds)["probs"]
+        measured = CLASSIFY.parity(ref, got)
+        assert check_parity(measured, contract.parity) == [], measured
+        assert got.shape == (n, 10)
+        np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
     assert read_metadata(path)["labels"] == "0,1,2,3,4,5,6,7,8,9"
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "Resize" in ops and "Softmax" in ops

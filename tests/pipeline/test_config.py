@@ -2,14 +2,16 @@ import pytest
 
 from pipeline.config import load_file, parse_sets
 from pipeline.errors import PipelineError
-from pipeline.tasks import classify, get_task
+from pipeline.tasks import get_task
 from pipeline.tasks.base import PRESETS, resolve
+
+classify = get_task("classify")
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_resolve(preset):
     cfg = resolve(classify, preset)
-    assert cfg.preset == preset and cfg.model_name in classify.ARCHITECTURES
+    assert cfg.preset == preset and cfg.model_name in classify.architectures
     again = resolve(classify, preset, cfg.to_dict())
     assert again == cfg, "a saved config must resolve to itself"
 
@@ -35,6 +37,14 @@ def test_switching_architecture_drops_the_presets_fields():
     (["model.name=alexnet"], "model.name 'alexnet' is not one of classify's models"),
     (["model.depth=2"], "unknown key 'model.depth'"),
     (["data.channels=2"], "channels must be 1 or 3"),
+    (["train=5"], "train: expected a table of settings"),
+    (["model=lenet"], "model: expected a table of settings"),
+    (["train.lr=Infinity"], "lr must be a finite number"),
+    (["train.lr=NaN"], "lr must be a finite number"),
+    (["train.steps=-1"], "steps must be >= 0"),
+    (["train.ema=1.5"], "ema must be in [0, 1)"),
+    (["optimize.max_drop=-1"], "max_drop a finite number >= 0"),
+    (["inference.top_k=3"], "unknown key 'inference.top_k'"),
 ])
 def test_bad_overrides_are_one_clear_error(sets, message):
     with pytest.raises(PipelineError) as e:

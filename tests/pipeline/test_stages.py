@@ -4,8 +4,14 @@ import shutil
 
 import pytest
 
+from collections import Counter
+
+import serve.runtime
 from export import onnx_to_ort
 from pipeline import stages
+from pipeline.errors import PipelineError
+from pipeline.tasks import get_task
+from serve.bundle import BundleError, read_manifest
 
 
 @pytest.fixture
@@ -51,3 +57,48 @@ def test_variant_over_the_threshold_is_rejected_not_dropped(bundle, monkeypatch)
     assert variants["fp16"]["status"] == "rejected" and "loses" in variants["fp16"]["reason"]
     rows = stages.benchmark(bundle)
     assert "ORT fp16" not in {r["backend"] for r in rows}, "rejected variants are not offered"
+
+
+@pytest.mark.slow
+def test_run_all_loads_data_once_builds_the_model_once_and_hashes_each_file_once(tmp_path, monkeypatch):
+    task = get_task("classify")
+    calls = Counter()
+    for name in ("load_data", "build_model"):
+        original = getattr(task, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(task, name, counted)
+    hashed = Counter()
+    real_sha, real_bytes = stages.sha256, serve.runtime.sha256_bytes
+
+    def sha(path):
+        hashed[("stages", path.name)] += 1
+        return real_sha(path)
+
+    monkeypatch.setattr(stages, "sha256", sha)
+    monkeypatch.setattr(serve.runtime, "sha256_bytes", lambda data: hashed.update(["runtime"]) or real_bytes(data))
+    run_dir = stages.run_all("classify", "smoke", sets={"train": {"epochs": 1}, "benchmark": {"seconds": 0.01}},
+                             out=tmp_path)
+    assert calls == {"load_data": 1, "build_model": 1}
+    # every file is hashed once, by the stage that wrote it (the model card is written by export and by
+    # optimize, which adds the variants); the benchmark hashes the 4 graph files it runs, once each
+    assert hashed.pop(("stages", "MODEL_CARD.md")) == 2
+    assert max(n for k, n in hashed.items() if k != "runtime") == 1, hashed
+    assert hashed["runtime"] == 4
+    assert read_manifest(run_dir)["benchmark"]["file"] == "benchmark.json"
+
+
+@pytest.mark.slow
+def test_an_older_bundle_is_refused_with_the_command_that_rebuilds_it(bundle, capsys):
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["schema_version"] = 1
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"schema 1 is older than 2; rebuild it with `python -m pipeline export"):
+        serve.runtime.Bundle.open(bundle)
+    with pytest.raises(PipelineError, match="older than 2"):
+        stages.optimize(bundle)
+    stages.export(bundle)  # the stage that rebuilds it takes it
+    assert serve.runtime.Bundle.open(bundle).variants() == ["fp32"]

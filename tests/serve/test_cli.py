@@ -22,20 +22,26 @@ def test_no_bundle_names_the_command(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("with_bundle", [False, True])
 def test_python_m_serve(tmp_path, served_bundle, with_bundle):
+    """Started as a user starts it: it prints what it serves, then its URL once it listens."""
+    import queue
+    import threading
+
     root = served_bundle.parent.parent if with_bundle else tmp_path
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "serve", str(root), "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    out = []
     try:
-        deadline, page = time.time() + 60, None
-        while time.time() < deadline and page is None:
+        deadline = time.time() + 90
+        while not any(f"serving on http://127.0.0.1:{port}" in line for line in out):
+            assert time.time() < deadline and proc.poll() is None, "".join(out)
             try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.5)
-        assert page is not None, "the app did not answer within 60 s"
+                out.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
         config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
         if with_bundle:
             assert "classify-sketch" in config and "Models" in config
@@ -43,9 +49,10 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
             assert "No model bundle found" in config
     finally:
         proc.terminate()
-        out = proc.communicate(timeout=20)[0]
-    assert f"serving on http://127.0.0.1:{port}" in out
-    assert ("no bundle found" in out) != with_bundle
+        proc.wait(timeout=20)
+    text = "".join(out)
+    assert ("no bundle found" in text) != with_bundle
+    assert (f"classify: {served_bundle}" in text) == with_bundle
 
 
 @pytest.mark.slow

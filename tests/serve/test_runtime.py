@@ -21,15 +21,19 @@ def _digits(bundle, n=20):
 
 
 def test_bundle_opens_and_predicts(bundle_copy):
+    import time
+
     b = Bundle.open(bundle_copy)
-    assert b.task == "classify" and b.bad_files == {} and b.variants()[0] == "fp32"
+    assert b.task == "classify" and b.bad_files == {} and b.variants()[0] == "fp32" and b.graphs == ["model"]
     right = 0
     for image, label in _digits(b):
+        t0 = time.perf_counter()
         pred = b.run({"image": image[None]}, "fp32")
-        assert pred.provider == "CPUExecutionProvider" and pred.seconds > 0
-        right += b.labels[int(pred.outputs["probs"][0].argmax())] == label
+        wall = time.perf_counter() - t0
+        assert pred.provider == "CPUExecutionProvider" and 0 < pred.seconds <= wall, (pred.seconds, wall)
+        right += b.info["labels"][int(pred.outputs["probs"][0].argmax())] == label
     assert right >= 17
-    assert b.session("fp32") is b.session("fp32"), "sessions are reused"
+    assert b.session("model", "fp32") is b.session("model", "fp32"), "sessions are reused"
 
 
 @pytest.mark.parametrize("feeds,message", [
@@ -50,10 +54,12 @@ def test_altered_file_is_never_loaded(bundle_copy, how):
     path = bundle_copy / "model.int8.onnx"
     data = path.read_bytes()
     path.write_bytes(data[:100] if how == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
-    b = Bundle.open(bundle_copy)
+    b = Bundle.open(bundle_copy)  # sizes are checked here; contents when a session is opened
+    failed = b.warm_up()
+    assert ("int8" in failed) == (how == "altered") and "sha256" in failed.get("int8", "sha256")
     assert "model.int8.onnx" in b.bad_files and "int8" not in b.variants()
-    with pytest.raises(BundleError, match="sha256"):
-        b.session("int8")
+    with pytest.raises(BundleError, match="'int8' is not available"):
+        b.session("model", "int8")
     assert b.run({"image": np.full((1, 8, 8, 1), 255, np.uint8)}, "fp32").outputs["probs"].shape == (1, 10)
 
 
@@ -64,6 +70,27 @@ def test_file_altered_after_opening_is_refused(bundle_copy):
         b.run({"image": np.zeros((1, 8, 8, 1), np.uint8)}, "fp16")
 
 
+def test_a_loaded_session_keeps_serving_the_verified_graph(bundle_copy):
+    """Sessions are built from the bytes that were hashed: changing the file later changes nothing served."""
+    b = Bundle.open(bundle_copy)
+    image = {"image": np.zeros((1, 8, 8, 1), np.uint8)}
+    before = b.run(image, "opt").outputs["probs"]
+    (bundle_copy / "model.opt.onnx").write_bytes((bundle_copy / "model.int8.onnx").read_bytes())
+    np.testing.assert_array_equal(b.run(image, "opt").outputs["probs"], before)
+    with pytest.raises(BundleError, match="altered or truncated"):
+        Bundle.open(bundle_copy).run(image, "opt")
+
+
+def test_outputs_are_checked_against_the_manifest(bundle_copy):
+    import json
+
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["graphs"]["model"]["io"]["outputs"][0]["shape"] = ["batch", 3]  # the file gives [N, 10]
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="output probs: dimension 1 must be 3, got 10"):
+        Bundle.open(bundle_copy).run({"image": np.zeros((1, 8, 8, 1), np.uint8)})
+
+
 def test_discovery_skips_broken_bundles(bundle_copy):
     root = bundle_copy.parent.parent
     newer = bundle_copy.with_name("zzz-newer")
@@ -71,19 +98,19 @@ def test_discovery_skips_broken_bundles(bundle_copy):
     (newer / "manifest.json").write_text('{"schema_version": 99, "created": "9999"}')
     bundles, problems = find_bundles(root)
     assert bundles["classify"].path == bundle_copy, "the newest usable bundle is served"
-    assert any("manifest schema 99 is not 1" in p for p in problems)
+    assert any("manifest schema 99 is not 2" in p for p in problems)
     (newer / "manifest.json").write_text("{broken")
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle.open(newer)
     (bundle_copy / "model.onnx").write_bytes(b"")
     bundles, problems = find_bundles(root)
-    assert bundles == {} and any("model.onnx is missing or damaged" in p for p in problems)
+    assert bundles == {} and any("portable graphs are missing or damaged (model.onnx" in p for p in problems)
 
 
 def test_gpu_asked_but_not_used_warns(bundle_copy):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sess = OrtSession(bundle_copy / "model.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        sess = OrtSession(bundle_copy / "model.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"], name="model.onnx")
     assert sess.provider == "CPUExecutionProvider"
     assert any("GPU provider was asked for" in str(w.message) for w in caught)
 
@@ -118,7 +145,7 @@ def test_manifest_is_what_serving_expects(bundle_copy):
 def test_warm_up_builds_every_usable_session(bundle_copy):
     b = Bundle.open(bundle_copy)
     assert b.warm_up() == {}
-    assert set(b._sessions) == set(b.variants())
+    assert set(b._sessions) == {("model", v) for v in b.variants()}
     (bundle_copy / "model.fp16.onnx").write_bytes(b"changed after opening")
     b2 = Bundle.open(bundle_copy)
     assert "fp16" not in b2.variants() and b2.warm_up() == {}
