@@ -6,7 +6,10 @@ import torch
 
 import models
 
-CASES = {"mlp": {}, "lenet": {}, "resnet": {}, "vit": {}}
+# per architecture, the non-default fields the tests build it with (small, and not the defaults, so a
+# field the module ignores shows up as a wrong parameter count)
+CASES = {"mlp": {"hidden": (32, 16)}, "lenet": {"channels": (8, 16), "hidden": 24},
+         "resnet": {"widths": (8, 16), "blocks": (1, 2)}, "vit": {"dim": 32, "depth": 2, "num_heads": 2}}
 
 
 def test_every_registered_model_is_tested():
@@ -16,7 +19,8 @@ def test_every_registered_model_is_tested():
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_forward_backward(name, in_chans):
-    cfg = dataclasses.replace(models.config_class(name)(), in_chans=in_chans, num_classes=7, image_size=16)
+    cfg = dataclasses.replace(models.config_class(name)(), in_chans=in_chans, num_classes=7, image_size=16,
+                              **CASES[name])
     model = models.create_model(name, cfg)
     x = torch.randn(4, in_chans, 16, 16)
     logits = model(x)
@@ -24,7 +28,10 @@ def test_forward_backward(name, in_chans):
     logits.logsumexp(-1).mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    small = sum(p.numel() for p in model.parameters())
+    default = sum(p.numel() for p in models.create_model(name, dataclasses.replace(
+        models.config_class(name)(), in_chans=in_chans, num_classes=7, image_size=16)).parameters())
+    assert small < default < 5_000_000, "the CASES fields must shape the model"
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
