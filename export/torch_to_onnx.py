@@ -1,6 +1,7 @@
 """torch -> ONNX: a deployable module to a self-contained, checked ``.onnx`` file."""
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from contextlib import redirect_stdout
@@ -34,6 +35,10 @@ def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], contr
     """
     module = module.eval().cpu()
     args = tuple(example[spec.name] for spec in contract.inputs)
+    shapes = tuple(_dynamic_shapes(contract)[s.name] for s in contract.inputs)
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
+        # forward(*inputs): graphs whose inputs depend on the config (a KV cache per layer)
+        shapes = (shapes,)
     quiet = StringIO()
     try:
         with warnings.catch_warnings(), redirect_stdout(quiet):
@@ -42,7 +47,7 @@ def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], contr
             program = torch.onnx.export(
                 module, args, input_names=[s.name for s in contract.inputs],
                 output_names=[s.name for s in contract.outputs], opset_version=contract.opset, dynamo=True,
-                dynamic_shapes=tuple(_dynamic_shapes(contract)[s.name] for s in contract.inputs),
+                dynamic_shapes=shapes,
                 external_data=False, verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean the same to the user

@@ -14,7 +14,8 @@ from export.torch_to_onnx import ExportError
 
 
 class TorchRunner:
-    """A deployable module called like an ONNX graph: inputs by name, outputs named by the contract.
+    """A deployable module called like an ONNX graph: named inputs (passed in the contract's order),
+    outputs named by the contract.
 
     ``provider`` names it in benchmark rows and the app's latency lines.
     """
@@ -30,8 +31,11 @@ class TorchRunner:
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if set(feeds) != set(self.input_names):
             raise ValueError(f"inputs must be {self.input_names}, got {sorted(feeds)}")
+        # by name, into the contract's order: the module's signature (which the exporter also follows);
+        # names such as ``past_key_values.0.key`` are not Python identifiers, so never keywords
+        args = (torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names)
         with torch.inference_mode():
-            out = self.module(**{k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()})
+            out = self.module(*args)
         out = out if isinstance(out, (tuple, list)) else (out,)
         if len(out) != len(self.output_names):
             raise ValueError(f"the module returned {len(out)} outputs; the contract names {self.output_names}")

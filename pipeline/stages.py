@@ -416,6 +416,7 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     _exported(run)
     bcfg, task, m = run.cfg.benchmark, run.task, run.manifest
     metric = task.metric.name
+    torch_threads = torch.get_num_threads()
     if bcfg.threads:
         torch.set_num_threads(bcfg.threads)
     try:
@@ -436,8 +437,8 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             raise PipelineError(f"{run.dir}: {e}; rerun `python -m pipeline export {run.dir}`") from None
         name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
         backends[name] = (runners, m["variants"][variant].get(metric))
-    rows = []
-    for case in task.benchmark_cases(run.data, run.cfg):
+    rows, cases = [], task.benchmark_cases(run.data, run.cfg)
+    for case in cases:
         for name, (runners, value) in backends.items():
             timing = time_call(lambda: task.infer(runners, case.items, run.cfg), bcfg.seconds, bcfg.min_runs)
             row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
@@ -446,8 +447,9 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
             print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
                   f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
-    axes = list(task.benchmark_cases(run.data, run.cfg)[0].axes)
-    info = {"cpu": platform.processor() or platform.machine(), "threads": bcfg.threads or torch.get_num_threads(),
+    torch.set_num_threads(torch_threads)
+    axes = list(cases[0].axes)
+    info = {"cpu": platform.processor() or platform.machine(), "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
     write_json(run.dir / "benchmark.json", info)
     write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, metric, task.bench_unit))
@@ -498,7 +500,7 @@ def model_card(manifest: dict, usage: str) -> str:
         io = spec["io"]
         lines = [f"- in `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["inputs"]]
         lines += [f"- out `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["outputs"]]
-        graphs.append(f"**{g}** (`{spec['files']['fp32']}`, opset {io['opset']})\n\n" + "\n".join(lines))
+        graphs.append(f"**{g}** (`{spec['files']['fp32']}`, opset {io['opset']})\n\n" + "\n".join(lines) + "\n")
     torch_metric = manifest["metrics"].get("torch", {}).get(name)
     info = "".join(f"\n{k.capitalize()}: {', '.join(map(str, v)) if isinstance(v, list) else v}."
                    for k, v in manifest.get("info", {}).items())
@@ -515,8 +517,9 @@ on {manifest.get('data', 'the built-in data')}.{info}
 
 {chr(10).join(graphs)}
 
-Pre- and post-processing are inside the graphs; the `.onnx` files without a variant suffix use standard
-ONNX ops only, so any ONNX Runtime (Python, C++, C#, Java, JavaScript) runs them with nothing else.
+Pre- and post-processing are inside the graphs; what must stay outside (a decode or sampler loop over
+several graphs) is numpy in `serve/tasks/{manifest['task']}.py`. The `.onnx` files without a variant
+suffix use standard ONNX ops only, so any ONNX Runtime (Python, C++, C#, Java, JavaScript) runs them.
 Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
 
 ## Metrics ({name} on the held-out test split{', ' + unit if unit else ''})
