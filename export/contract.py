@@ -3,7 +3,7 @@ min/opt/max range per symbolic dimension (feeding torch.export, TensorRT profile
 checks alike), the opset, and the parity bounds an export must meet."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 
@@ -47,7 +47,6 @@ class ExportContract:
     dims: dict[str, DimRange]
     parity: tuple[Bound, ...]
     opset: int = 18
-    metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         for spec in self.inputs + self.outputs:
@@ -79,4 +78,6 @@ class ExportContract:
 
 def check_parity(measured: dict[str, float], bounds: tuple[Bound, ...]) -> list[str]:
     """The bounds that ``measured`` breaks, as readable strings (empty when all hold)."""
-    return [f"{b.metric} = {measured[b.metric]:.3g}, needs {b}" for b in bounds if not b.holds(measured[b.metric])]
+    return [f"{b.metric} was not measured, needs {b}" if b.metric not in measured
+            else f"{b.metric} = {measured[b.metric]:.3g}, needs {b}"
+            for b in bounds if b.metric not in measured or not b.holds(measured[b.metric])]

@@ -63,9 +63,9 @@ def _int8_builder(mode: str) -> Builder:
     return build
 
 
-BUILDERS: dict[str, Builder] = {
+BUILDERS: dict[str, Builder | Callable[[str], Builder]] = {
     "opt": lambda src, dst, graph, run: onnx_to_ort.optimize_graph(src, dst),
-    "int8": _int8_builder("static"),  # stand-in; optimize() picks static/dynamic per optimize.int8
+    "int8": _int8_builder,  # by mode: static (calibrated) or dynamic; optimize.int8 picks
     "fp16": lambda src, dst, graph, run: onnx_to_ort.convert_fp16(src, dst),
 }
 
@@ -125,6 +125,8 @@ class Run:
 
     def score(self, runners: dict[str, Any]) -> tuple[dict[str, float], Any]:
         """The task's metrics of ``runners`` on the scored eval set, and the outputs."""
+        if not self.eval_sets:
+            raise PipelineError(f"task {self.task.name} names no held-out set to verify and score on")
         first = self.eval_sets[0]
         outputs = self.task.infer(runners, first.items, self.cfg)
         return self.task.score(outputs, first.items, self.cfg), outputs
@@ -134,10 +136,20 @@ class Run:
         tolerance = self.cfg.optimize.max_drop if self.cfg.optimize.max_drop is not None else metric.tolerance
         ref = self.manifest["variants"]["fp32"][metric.name]
         drop = metric.loss(ref, scores[metric.name])
-        if drop > tolerance:
+        if not np.isfinite(drop) or drop > tolerance:  # a NaN score is never "within tolerance"
             return "rejected", (f"{metric.name} {scores[metric.name]:.4g} vs fp32 {ref:.4g}: loses {drop:.4g} "
                                 f"> {tolerance:g}{metric.unit}")
         return "accepted", None
+
+
+TRAINED_FILES = (CONFIG, CHECKPOINT, TRAINING_STATE, METRICS, "curves.png")
+
+
+def _metric_entry(run: Run) -> dict[str, Any]:
+    """The manifest's ``metric``: what variants are judged on, on which held-out set."""
+    metric = run.task.metric
+    return {"name": metric.name, "direction": metric.direction, "tolerance": metric.tolerance, "unit": metric.unit,
+            "split": run.eval_sets[0].name if run.eval_sets else "test"}
 
 
 def _now() -> str:
@@ -220,9 +232,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     manifest = {
         "schema_version": SCHEMA_VERSION, "task": task.name, "run": final.name, "created": _now(),
         "preset": cfg.preset, "architecture": cfg.model_name, "data": task.describe_data(dataset),
-        "metric": {"name": task.metric.name, "direction": task.metric.direction, "tolerance": task.metric.tolerance,
-                   "unit": task.metric.unit, "split": "test"},
-        "inference": to_dict(cfg.inference), "info": {}, "graphs": {}, "variants": {}, "metrics": {},
+        "metric": {}, "inference": to_dict(cfg.inference), "info": {}, "graphs": {}, "variants": {}, "metrics": {},
         "versions": versions(), "git_commit": git_commit(), "files": {},
     }
     if not rt.is_main:
@@ -231,7 +241,8 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     run = Run(run_dir, task, cfg, dataset, trained.cpu().eval(), manifest)
     plots.plot_curves(read_metrics(run_dir), task.metric.name, run_dir / "curves.png")
     manifest["metrics"]["torch"] = test
-    for name in (CONFIG, CHECKPOINT, TRAINING_STATE, METRICS, "curves.png"):
+    manifest["metric"] = _metric_entry(run)
+    for name in TRAINED_FILES:
         run.record(name)
     run.save()
     if final != run_dir:
@@ -274,18 +285,19 @@ def _exported(run: Run) -> None:
         raise PipelineError(f"{run.dir} has no verified model graphs; run `python -m pipeline export {run.dir}`")
 
 
-def _verify(run: Run, runners: dict[str, Any], what: str) -> dict[str, dict]:
+def _verify(run: Run, runners: dict[str, Any], what: str) -> tuple[dict[str, dict], Any]:
     """Loop-level parity of ``runners`` against the torch modules on every eval set, gated by the
-    graphs' parity bounds; returns the measured values per set."""
+    graphs' parity bounds; returns the measured values per set, and torch's outputs on the scored set."""
     bounds = tuple(dict.fromkeys(b for g in run.graphs.values() for b in g.contract.parity))
-    results = {}
+    results, references = {}, []
     for es in run.eval_sets:
         reference = run.task.infer(run.torch_runners, es.items, run.cfg)
         candidate = run.task.infer(runners, es.items, run.cfg)
         measured = run.task.parity(reference, candidate)
         gate(measured, bounds, f"{what} on {es.description}")
         results[es.name] = {**measured, "description": es.description, "samples": es.samples}
-    return results
+        references.append(reference)
+    return results, references[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,26 +315,29 @@ def export(run: Run | str | Path) -> dict[str, Path]:
         for g, graph in graphs.items():
             export_onnx(graph.module, graph.example, graph.contract, tmp[g], graph.metadata)
         runners = {g: OrtSession(tmp[g], name=files[g]) for g in graphs}
-        parity = _verify(run, runners, "the exported " + ", ".join(files.values()))
+        parity, reference = _verify(run, runners, "the exported " + ", ".join(files.values()))
         scores, _ = run.score(runners)
-    m = run.manifest
-    m.update(schema_version=SCHEMA_VERSION, inference=to_dict(run.cfg.inference), info=task.info(run.cfg, run.data),
-             graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}} for g, graph in graphs.items()},
-             parity=parity, variants={"fp32": {"status": "accepted", **scores}})
-    m.setdefault("metric", {}).update(name=task.metric.name, direction=task.metric.direction,
-                                      tolerance=task.metric.tolerance, unit=task.metric.unit, split="test")
-    m["metrics"]["onnx_fp32"] = scores
-    for f in files.values():
+        m = run.manifest
+        # a re-export starts the exported part afresh: what train wrote stays, the rest is rebuilt
+        m["files"] = {k: v for k, v in m["files"].items() if k in TRAINED_FILES}
+        for stale in ("benchmark", "io", "labels"):  # "io", "labels": schema 1
+            m.pop(stale, None)
+        m.update(schema_version=SCHEMA_VERSION, metric=_metric_entry(run), inference=to_dict(run.cfg.inference),
+                 info=task.info(run.cfg, run.data), parity=parity, variants={"fp32": {"status": "accepted", **scores}},
+                 graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}} for g, graph in graphs.items()})
+        m["metrics"]["onnx_fp32"] = scores
+        m["metrics"]["torch_served"] = task.score(reference, run.eval_sets[0].items, run.cfg)
+        m["examples"] = []
+        for name, data in task.examples(run.data, run.cfg):
+            path = run.dir / "examples" / name
+            path.parent.mkdir(exist_ok=True)
+            with atomic_path(path) as t:
+                t.write_bytes(data)
+            m["examples"].append(f"examples/{name}")
+            run.record(f"examples/{name}")
+        _write_card(run)
+    for f in files.values():  # renamed into place just now: list them and save the manifest at once
         run.record(f)
-    m["examples"] = []
-    for name, data in task.examples(run.data, run.cfg):
-        path = run.dir / "examples" / name
-        path.parent.mkdir(exist_ok=True)
-        with atomic_path(path) as t:
-            t.write_bytes(data)
-        m["examples"].append(f"examples/{name}")
-        run.record(f"examples/{name}")
-    _write_card(run)
     run.save()
     metric = task.metric.name
     shown = "; ".join(f"{name}: " + json.dumps({k: v for k, v in p.items() if k not in ("description", "samples")})
@@ -371,6 +386,8 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
             else:
                 m["graphs"][g]["files"][variant] = f
                 run.record(f)
+        m["variants"][variant] = entry
+        run.save()  # the files renamed into place are listed before anything else can fail
         shown = f"{entry[metric]:.4g}" if metric in entry else "-"
         label = variant + (f" ({info['mode']})" if "mode" in info else "")
         print(f"{label:16s} {entry['status']:9s} {metric} {shown}  {entry.get('reason', '')}", flush=True)
@@ -385,7 +402,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
         attempts = []
         modes = ["static", "dynamic"] if run.cfg.optimize.int8 == "auto" else [run.cfg.optimize.int8]
         for mode in modes:
-            attempts.append(make("int8", _int8_builder(mode), ort_session, mode=mode))
+            attempts.append(make("int8", BUILDERS["int8"](mode), ort_session, mode=mode))
             if attempts[-1]["status"] == "accepted":
                 break
         m["variants"]["int8"] = {**attempts[-1], "attempts": [
@@ -417,37 +434,35 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     bcfg, task, m = run.cfg.benchmark, run.task, run.manifest
     metric = task.metric.name
     torch_threads = torch.get_num_threads()
-    if bcfg.threads:
-        torch.set_num_threads(bcfg.threads)
     try:
         bundle = Bundle.open(run.dir, threads=bcfg.threads)
     except BundleError as e:
         raise PipelineError(str(e)) from None
     for variant, entry in m["variants"].items():  # an accepted variant must be benchmarked, not skipped
+        stage = "export" if variant == "fp32" else "optimize"
         for f in graph_files(m, variant).values() if entry.get("status") == "accepted" else ():
             if f in bundle.bad_files:
                 raise PipelineError(f"{run.dir / f} is corrupt or was changed after it was written "
-                                    f"({bundle.bad_files[f]}); rerun `python -m pipeline export {run.dir}`")
-    backends: dict[str, tuple[dict[str, Any], float | None]] = {
-        "torch eager": (run.torch_runners, m["metrics"].get("torch", {}).get(metric))}
+                                    f"({bundle.bad_files[f]}); rerun `python -m pipeline {stage} {run.dir}`")
+    torch_metric = m["metrics"].get("torch_served", m["metrics"].get("torch", {})).get(metric)
+    backends: dict[str, tuple[dict[str, Any], float | None]] = {"torch eager": (run.torch_runners, torch_metric)}
     for variant in bundle.variants():
         try:
             runners = bundle.runners(variant)
         except BundleError as e:
-            raise PipelineError(f"{run.dir}: {e}; rerun `python -m pipeline export {run.dir}`") from None
+            stage = "export" if variant == "fp32" else "optimize"
+            raise PipelineError(f"{run.dir}: {e}; rerun `python -m pipeline {stage} {run.dir}`") from None
         name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
         backends[name] = (runners, m["variants"][variant].get(metric))
-    rows, cases = [], task.benchmark_cases(run.data, run.cfg)
-    for case in cases:
-        for name, (runners, value) in backends.items():
-            timing = time_call(lambda: task.infer(runners, case.items, run.cfg), bcfg.seconds, bcfg.min_runs)
-            row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
-                   "unit": task.bench_unit, metric: value}
-            rows.append(row)
-            axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
-            print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
-                  f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
-    torch.set_num_threads(torch_threads)
+    cases = task.benchmark_cases(run.data, run.cfg)
+    if not cases:
+        raise PipelineError(f"task {task.name} names no benchmark case")
+    if bcfg.threads:
+        torch.set_num_threads(bcfg.threads)
+    try:
+        rows = _time_cases(task, run.cfg, cases, backends)
+    finally:
+        torch.set_num_threads(torch_threads)
     axes = list(cases[0].axes)
     info = {"cpu": platform.processor() or platform.machine(), "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
@@ -458,6 +473,22 @@ def benchmark(run: Run | str | Path) -> list[dict]:
         run.record(f)
     m["benchmark"] = {"file": "benchmark.json", "summary": _ratios(rows, axes)}
     run.save()
+    return rows
+
+
+def _time_cases(task: Task, cfg: RunConfig, cases: list, backends: dict[str, tuple[dict, float | None]]) -> list[dict]:
+    """Every backend on every case, side by side: the median and p90 latency of the task's served
+    computation, the throughput in the task's unit, and the backend's metric."""
+    rows, metric, bcfg = [], task.metric.name, cfg.benchmark
+    for case in cases:
+        for name, (runners, value) in backends.items():
+            timing = time_call(lambda: task.infer(runners, case.items, cfg), bcfg.seconds, bcfg.min_runs)
+            row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
+                   "unit": task.bench_unit, metric: value}
+            rows.append(row)
+            axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
+            print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
+                  f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
     return rows
 
 
@@ -522,7 +553,7 @@ several graphs) is numpy in `serve/tasks/{manifest['task']}.py`. The `.onnx` fil
 suffix use standard ONNX ops only, so any ONNX Runtime (Python, C++, C#, Java, JavaScript) runs them.
 Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
 
-## Metrics ({name} on the held-out test split{', ' + unit if unit else ''})
+## Metrics ({name} on {manifest.get('parity', {}).get(metric.get('split'), {}).get('description', 'the held-out set')}{', ' + unit if unit else ''})
 
 PyTorch: {torch_metric if torch_metric is None else f'{torch_metric:.4g}'}. A variant is rejected when it loses
 more than {tolerance}{unit} against fp32.
@@ -557,5 +588,3 @@ def run_all(task_name: str, preset: str = "quick", **train_kwargs) -> Path:
     benchmark(run)
     return run.dir
 
-
-assert set(BUILDERS) | {"fp32", "tensorrt"} == set(VARIANTS), "serve.bundle.VARIANTS and BUILDERS disagree"

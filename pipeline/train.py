@@ -213,10 +213,13 @@ def load_training_state(run_dir: Path, optimizer, model: nn.Module, ema: nn.Modu
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers (BatchNorm statistics) copied."""
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model for parameters, with d = min(decay, (1 + step) / (10 + step)):
+    early on the average follows the weights, so it never keeps much of the random initialization;
+    buffers (BatchNorm statistics) are copied."""
+    d = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+        e.lerp_(p.detach(), 1.0 - d)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -263,6 +266,9 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
     batch; torch's default when None). Only rank 0 writes to ``run_dir``.
     """
     rt = setup_runtime(cfg)
+    for name, part in (("training", train_set), ("validation", val_set)):
+        if len(part) == 0:
+            raise PipelineError(f"the {name} split is empty; give more data or change the split fractions")
     torch.manual_seed(cfg.seed)
     model.to(rt.device)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema else None
@@ -322,7 +328,7 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             if ema is not None:
-                update_ema(ema, model, cfg.ema)
+                update_ema(ema, model, cfg.ema, step)
             step += 1
             total, count, seen = total + loss.item() * n, count + n, seen + n
             rate = seen * rt.world_size / (time.perf_counter() - t0)

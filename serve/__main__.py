@@ -26,9 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     bundles, problems = find_bundles(args.artifacts, args.run or None)
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
-    for task, b in bundles.items():
+    for task, b in list(bundles.items()):
         for variant, why in b.warm_up().items():
             print(f"warning: {task} {variant}: {why}", file=sys.stderr)
+        if not b.variants():
+            problems.append(f"{b.path}: no variant could be loaded; not served")
+            print(f"warning: {problems[-1]}", file=sys.stderr)
+            del bundles[task]
+            continue
         print(f"{task}: {b.path} (variants: {', '.join(b.variants())})")
     if not bundles:
         print(f"no bundle found in {args.artifacts}; make one with `{MAKE_ONE}`")

@@ -26,7 +26,6 @@ from typing import Any
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
-STATUSES = ("accepted", "rejected", "failed")
 
 
 class BundleError(Exception):
@@ -41,8 +40,8 @@ class Variant:
     engine: bool = False  # a TensorRT plan rather than an ONNX file
 
 
-# The one variant table. The builders live on the pipeline side (pipeline/stages.py: BUILDERS),
-# keyed by these names; a test checks that both name the same variants.
+# The one variant table. The builders live on the pipeline side (pipeline/stages.py: BUILDERS, plus
+# the export itself for fp32 and the engine build for tensorrt); a test checks both name the same.
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("fp32", ".onnx", "fp32 (portable ONNX)"),
     Variant("opt", ".opt.onnx", "fp32, ORT-optimized"),

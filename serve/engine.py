@@ -6,6 +6,7 @@ scores and benchmarks engines through this same class.
 """
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 import numpy as np
@@ -40,6 +41,7 @@ class EngineSession:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._lock = threading.Lock()  # one execution context: its shapes and addresses are per call
 
     def _malloc(self, nbytes: int) -> int:
         err, ptr = self.cudart.cudaMalloc(max(1, nbytes))
@@ -48,6 +50,15 @@ class EngineSession:
         return ptr
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._run(feeds)
+
+    def _check(self, result, what: str) -> None:
+        err = result[0] if isinstance(result, tuple) else result
+        if err != self.cudart.cudaError_t.cudaSuccess:
+            raise BundleError(f"the TensorRT engine failed: {what} returned {err}")
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, trt = self.cudart, self.trt
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         buffers = []
@@ -56,7 +67,7 @@ class EngineSession:
                 host = np.ascontiguousarray(feeds[name])
                 ptr = self._malloc(host.nbytes)
                 buffers.append(ptr)
-                cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, h2d)
+                self._check(cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, h2d), "cudaMemcpy")
                 self.context.set_input_shape(name, host.shape)
                 self.context.set_tensor_address(name, ptr)
             hosts = {}
@@ -67,10 +78,11 @@ class EngineSession:
                 buffers.append(ptr)
                 self.context.set_tensor_address(name, ptr)
                 hosts[name] = (host, ptr)
-            self.context.execute_async_v3(0)
-            cudart.cudaDeviceSynchronize()
+            if not self.context.execute_async_v3(0):
+                raise BundleError("the TensorRT engine failed to run (execute_async_v3)")
+            self._check(cudart.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
             for host, ptr in hosts.values():
-                cudart.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, d2h)
+                self._check(cudart.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, d2h), "cudaMemcpy")
             return {n: h.astype(np.float32) if h.dtype == np.float16 else h for n, (h, _) in hosts.items()}
         finally:
             for ptr in buffers:

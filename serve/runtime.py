@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -29,8 +29,7 @@ from serve.engine import EngineSession, tensorrt_missing
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 
-Feeds = dict[str, np.ndarray]
-Runner = Callable[[Feeds], dict[str, np.ndarray]]  # a graph: named inputs -> named outputs
+Feeds = dict[str, np.ndarray]  # a graph's named inputs
 
 
 class OrtSession:
@@ -146,6 +145,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     bad_files: dict[str, str] = field(default_factory=dict)  # file -> why it is not used
+    unusable: dict[str, str] = field(default_factory=dict)  # variant -> why it could not be loaded here
     checks: dict[str, IOCheck] = field(default_factory=dict, repr=False)  # graph -> compiled I/O check
     threads: int = 0  # ORT intra-op threads; 0: all cores
     _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
@@ -166,7 +166,10 @@ class Bundle:
                 bundle.bad_files[name] = "missing"
             elif not isinstance(entry, dict) or p.stat().st_size != entry.get("bytes"):
                 bundle.bad_files[name] = "altered or truncated (its size does not match the manifest)"
-        bundle.checks = {g: IOCheck(spec["io"]) for g, spec in manifest["graphs"].items()}
+        try:
+            bundle.checks = {g: IOCheck(spec["io"]) for g, spec in manifest["graphs"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{path}: a graph's I/O spec in the manifest is damaged ({e!r})") from None
         return bundle
 
     # -- what it holds ------------------------------------------------------------------------
@@ -199,6 +202,8 @@ class Bundle:
         for name, entry in self.manifest["variants"].items():
             files = graph_files(self.manifest, name)
             if entry.get("status") != "accepted" or not files or any(f in self.bad_files for f in files.values()):
+                continue
+            if name in self.unusable:
                 continue
             if name == "tensorrt" and tensorrt_missing():
                 continue
@@ -237,14 +242,19 @@ class Bundle:
             return cached
         if variant not in self.variants():
             damaged = [f"{f} {self.bad_files[f]}" for f in graph_files(self.manifest, variant).values()
-                       if f in self.bad_files]
+                       if f in self.bad_files] + ([self.unusable[variant]] if variant in self.unusable else [])
             why = f" ({'; '.join(damaged)})" if damaged else ""
             raise BundleError(f"variant {variant!r} is not available{why}; available: {', '.join(self.variants())}")
         if graph not in self.manifest["graphs"]:
             raise BundleError(f"{self.path} has no graph {graph!r}; it has {', '.join(self.graphs)}")
         name = self.manifest["graphs"][graph]["files"][variant]
-        data = self._read_verified(name)
-        session = EngineSession(data, name) if variant == "tensorrt" else OrtSession(data, threads=self.threads, name=name)
+        try:
+            data = self._read_verified(name)
+            session = (EngineSession(data, name) if variant == "tensorrt"
+                       else OrtSession(data, threads=self.threads, name=name))
+        except BundleError as e:  # not offered again: the next request must not pay for a retry
+            self.unusable[variant] = str(e)
+            raise
         runner = CheckedRunner(session, self.checks[graph], name)
         with self._lock:
             return self._sessions.setdefault(key, runner)

@@ -102,3 +102,32 @@ def test_an_older_bundle_is_refused_with_the_command_that_rebuilds_it(bundle, ca
         stages.optimize(bundle)
     stages.export(bundle)  # the stage that rebuilds it takes it
     assert serve.runtime.Bundle.open(bundle).variants() == ["fp32"]
+
+
+def test_every_variant_has_one_builder():
+    """serve.bundle.VARIANTS is the one table; the pipeline builds each entry (fp32 by export, tensorrt by
+    the engine build, the rest by BUILDERS)."""
+    from serve.bundle import VARIANTS
+
+    assert set(stages.BUILDERS) | {"fp32", "tensorrt"} == set(VARIANTS)
+
+
+def test_a_nan_score_is_rejected():
+    from types import SimpleNamespace
+
+    from pipeline.tasks.base import Metric, OptimizeConfig
+
+    for direction in ("max", "min"):
+        run = SimpleNamespace(task=SimpleNamespace(metric=Metric("m", direction, 0.5)),
+                              cfg=SimpleNamespace(optimize=OptimizeConfig()),
+                              manifest={"variants": {"fp32": {"m": 1.0}}})
+        assert stages.Run.judge(run, {"m": float("nan")})[0] == "rejected"
+        assert stages.Run.judge(run, {"m": 1.0})[0] == "accepted"
+        worse = 0.4 if direction == "max" else 1.6
+        assert stages.Run.judge(run, {"m": worse})[0] == "rejected"
+
+
+def test_a_parity_bound_on_an_unmeasured_metric_breaks():
+    from export.contract import Bound, check_parity
+
+    assert check_parity({"a": 0.0}, (Bound("b", "<=", 1.0),)) == ["b was not measured, needs b <= 1"]

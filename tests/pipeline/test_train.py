@@ -89,3 +89,22 @@ def test_training_learns(tmp_path):
 def test_diverging_loss_stops_with_one_line(tmp_path):
     with pytest.raises(PipelineError, match="training diverged: the loss is nan"):
         stages.train("classify", "smoke", sets={"train": {"lr": 1e30, "grad_clip": 0.0}}, out=tmp_path)
+
+
+def test_ema_follows_the_weights_early_and_averages_later():
+    from pipeline.train import update_ema
+
+    model, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        ema.weight.fill_(0.0)
+        model.weight.fill_(1.0)
+    update_ema(ema, model, 0.999, step=0)  # d = 1/10: the random start keeps only 10%
+    assert ema.weight.item() == pytest.approx(0.9)
+    ema.weight.data.fill_(0.0)
+    update_ema(ema, model, 0.999, step=10**6)  # late: the configured decay
+    assert ema.weight.item() == pytest.approx(0.001)
+
+
+def test_an_empty_validation_split_is_one_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="the validation split is empty"):
+        stages.train("classify", "smoke", sets={"data": {"val_fraction": 0.0}}, out=tmp_path)

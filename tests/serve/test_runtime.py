@@ -149,3 +149,21 @@ def test_warm_up_builds_every_usable_session(bundle_copy):
     (bundle_copy / "model.fp16.onnx").write_bytes(b"changed after opening")
     b2 = Bundle.open(bundle_copy)
     assert "fp16" not in b2.variants() and b2.warm_up() == {}
+
+
+def test_a_variant_that_cannot_be_loaded_is_no_longer_offered(bundle_copy, monkeypatch):
+    import serve.runtime
+
+    b = Bundle.open(bundle_copy)
+    real = serve.runtime.OrtSession
+
+    def refuse_fp16(data, threads=0, name=""):
+        if name == "model.fp16.onnx":
+            raise BundleError(f"{name} cannot be loaded by onnxruntime: not on this machine")
+        return real(data, threads=threads, name=name)
+
+    monkeypatch.setattr(serve.runtime, "OrtSession", refuse_fp16)
+    assert "cannot be loaded" in b.warm_up()["fp16"]
+    assert "fp16" not in b.variants() and "fp32" in b.variants()
+    with pytest.raises(BundleError, match="'fp16' is not available .*not on this machine"):
+        b.session("model", "fp16")
