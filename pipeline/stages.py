@@ -445,7 +445,9 @@ def benchmark(run: Run | str | Path) -> list[dict]:
                 raise PipelineError(f"{run.dir / f} is corrupt or was changed after it was written "
                                     f"({bundle.bad_files[f]}); rerun `python -m pipeline {stage} {run.dir}`")
     torch_metric = m["metrics"].get("torch_served", m["metrics"].get("torch", {})).get(metric)
-    backends: dict[str, tuple[dict[str, Any], float | None]] = {"torch eager": (run.torch_runners, torch_metric)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # beside ORT's CUDA provider where there is one
+    torch_runners = {g: TorchRunner(graph.module, graph.contract, device) for g, graph in run.graphs.items()}
+    backends: dict[str, tuple[dict[str, Any], float | None]] = {"torch eager": (torch_runners, torch_metric)}
     for variant in bundle.variants():
         try:
             runners = bundle.runners(variant)
@@ -463,8 +465,11 @@ def benchmark(run: Run | str | Path) -> list[dict]:
         rows = _time_cases(task, run.cfg, cases, backends)
     finally:
         torch.set_num_threads(torch_threads)
+        for graph in run.graphs.values():
+            graph.module.cpu()
     axes = list(cases[0].axes)
-    info = {"cpu": platform.processor() or platform.machine(), "threads": bcfg.threads or torch_threads,
+    info = {"cpu": platform.processor() or platform.machine(), "torch_device": device,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
     write_json(run.dir / "benchmark.json", info)
     write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, metric, task.bench_unit))

@@ -158,7 +158,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, step: int, meta: dict[str, str],
-                    generator: torch.Generator, ema: nn.Module | None = None) -> None:
+                    generators: list[torch.Tensor], ema: nn.Module | None = None) -> None:
     """The weights to deploy (safetensors, model config in its metadata: the EMA when on) and the
     state to resume exactly (optimizer, RNGs, and the raw weights when an EMA is deployed); each atomic."""
     with atomic_path(run_dir / CHECKPOINT) as tmp:
@@ -168,7 +168,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, step: int, meta:
         "step": step,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generator": generator.get_state(),
+        "generators": generators,  # each process's augmentation stream, by rank
         "raw_weights": model.state_dict() if ema is not None else None,
     }
     with atomic_path(run_dir / TRAINING_STATE) as tmp:
@@ -290,8 +290,11 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
         state = load_training_state(run_dir, optimizer, model, ema)
         step = int(state["step"])
         generator = seeded(step // budget.steps_per_epoch)
-        if step % budget.steps_per_epoch:  # paused mid-epoch: continue its augmentation stream
-            generator.set_state(state["generator"])
+        if step % budget.steps_per_epoch:  # paused mid-epoch: continue this process's augmentation stream
+            if len(state["generators"]) != rt.world_size:
+                raise PipelineError(f"cannot resume mid-epoch with {rt.world_size} processes: the run was paused "
+                                    f"with {len(state['generators'])}")
+            generator.set_state(state["generators"][rt.rank])
     train_model = nn.parallel.DistributedDataParallel(model) if rt.distributed else model
     metrics_path = run_dir / METRICS
     if rt.is_main and not resume:
@@ -342,11 +345,15 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
                 log(record)
         bar.close()
         seconds = time.perf_counter() - t0
+        generators = [generator.get_state()]
+        if rt.distributed:  # every process's stream goes into the one checkpoint rank 0 writes
+            generators = [None] * rt.world_size
+            dist.all_gather_object(generators, generator.get_state())
         if rt.is_main:
             val = eval_fn(ema if ema is not None else model, val_set, rt.device)
             log({"split": "val", "epoch": step / budget.steps_per_epoch, "step": step,
                  "train_loss": total / max(1, count), "seconds": seconds, **val})
-            save_checkpoint(run_dir, model, optimizer, step, meta, generator, ema)
+            save_checkpoint(run_dir, model, optimizer, step, meta, generators, ema)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
             print(f"{budget.describe(step)}  train_loss {total / max(1, count):.4f}  val {shown}  ({seconds:.1f}s)",
                   flush=True)
