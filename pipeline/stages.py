@@ -1,7 +1,7 @@
 """The stages: train -> export -> optimize -> benchmark, each on a run folder (the bundle).
 
-A :class:`Run` is a run folder loaded once: task, config, data, model and manifest in memory.
-``run`` chains the stages on one Run; each stage on its own loads one. Stages write new files under
+A :class:`~pipeline.run.Run` is a run folder loaded once: task, config, data, model and manifest in
+memory. ``run`` chains the stages on one Run; each stage on its own loads one. Stages write new files under
 temporary names and rename them only on success, so a failed or interrupted stage leaves the bundle
 as it was. Each file is hashed once, when the stage that writes it has written it (or when a stage
 first checks it before use).
@@ -15,14 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import subprocess
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from export import onnx_to_engine, onnx_to_ort
@@ -30,14 +26,15 @@ from export.benchmark import time_call
 from export.torch_to_onnx import export_onnx
 from export.verify import TorchRunner, gate
 from pipeline import plots
+from pipeline.card import benchmark_table, model_card
 from pipeline.config import load_file, to_dict
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, write_json, write_text
+from pipeline.run import TRAINED_FILES, Run, as_run, git_commit, metric_entry, now, versions
 from pipeline.tasks import get_task
-from pipeline.tasks.base import EvalSet, Graph, RunConfig, Task, resolve
-from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, fit, load_weights, read_metrics, setup_runtime
-from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, VARIANTS, BundleError, engine_tag, graph_files,
-                          read_manifest, sha256, variant_file)
+from pipeline.tasks.base import RunConfig, Task, resolve
+from pipeline.train import fit, read_metrics, setup_runtime
+from serve.bundle import CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, variant_file
 from serve.engine import EngineSession
 from serve.runtime import Bundle, OrtSession
 
@@ -70,109 +67,8 @@ BUILDERS: dict[str, Builder | Callable[[str], Builder]] = {
 }
 
 
-@dataclass
-class Run:
-    """A run folder in memory: its task, config, data, trained model and manifest."""
-
-    dir: Path
-    task: Task
-    cfg: RunConfig
-    data: Any
-    model: torch.nn.Module
-    manifest: dict[str, Any]
-    _verified: set[str] = field(default_factory=set, repr=False)
-
-    @cached_property
-    def graphs(self) -> dict[str, Graph]:
-        return self.task.graphs(self.model.eval().cpu(), self.cfg, self.data)
-
-    @cached_property
-    def eval_sets(self) -> list[EvalSet]:
-        return self.task.eval_sets(self.data, self.cfg)
-
-    @cached_property
-    def torch_runners(self) -> dict[str, TorchRunner]:
-        return {name: TorchRunner(g.module, g.contract) for name, g in self.graphs.items()}
-
-    # -- files and the manifest ---------------------------------------------------------------
-
-    def record(self, name: str) -> None:
-        """List a file this stage wrote in the manifest, with its sha256 (hashed here, once)."""
-        path = self.dir / name
-        self.manifest["files"][name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
-        self._verified.add(name)
-
-    def forget(self, name: str) -> None:
-        self.manifest["files"].pop(name, None)
-
-    def check_file(self, name: str, hint: str) -> Path:
-        """``dir/name``, after checking it exists and matches the manifest's sha256 (once per Run)."""
-        path = self.dir / name
-        if not path.is_file():
-            raise PipelineError(f"{path} not found; {hint}")
-        if name not in self._verified:
-            want = self.manifest.get("files", {}).get(name, {}).get("sha256")
-            if want is None or sha256(path) != want:
-                raise PipelineError(f"{path} is corrupt or was changed after it was written (sha256 mismatch); {hint}")
-            self._verified.add(name)
-        return path
-
-    def save(self) -> None:
-        self.manifest["updated"] = _now()
-        write_json(self.dir / MANIFEST, self.manifest)
-
-    # -- scoring -------------------------------------------------------------------------------
-
-    def score(self, runners: dict[str, Any]) -> tuple[dict[str, float], Any]:
-        """The task's metrics of ``runners`` on the scored eval set, and the outputs."""
-        if not self.eval_sets:
-            raise PipelineError(f"task {self.task.name} names no held-out set to verify and score on")
-        first = self.eval_sets[0]
-        outputs = self.task.infer(runners, first.items, self.cfg)
-        return self.task.score(outputs, first.items, self.cfg), outputs
-
-    def judge(self, scores: dict[str, float]) -> tuple[str, str | None]:
-        metric = self.task.metric
-        tolerance = self.cfg.optimize.max_drop if self.cfg.optimize.max_drop is not None else metric.tolerance
-        ref = self.manifest["variants"]["fp32"][metric.name]
-        drop = metric.loss(ref, scores[metric.name])
-        if not np.isfinite(drop) or drop > tolerance:  # a NaN score is never "within tolerance"
-            return "rejected", (f"{metric.name} {scores[metric.name]:.4g} vs fp32 {ref:.4g}: loses {drop:.4g} "
-                                f"> {tolerance:g}{metric.unit}")
-        return "accepted", None
-
-
-TRAINED_FILES = (CONFIG, CHECKPOINT, TRAINING_STATE, METRICS, "curves.png")
-
-
-def _metric_entry(run: Run) -> dict[str, Any]:
-    """The manifest's ``metric``: what variants are judged on, on which held-out set."""
-    metric = run.task.metric
-    return {"name": metric.name, "direction": metric.direction, "tolerance": metric.tolerance, "unit": metric.unit,
-            "split": run.eval_sets[0].name if run.eval_sets else "test"}
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
+# ---------------------------------------------------------------------------------------------
+# train
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -230,7 +126,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
                   collate=task.collate, unit=task.train_unit)
     final = run_dir.with_name(run_dir.name.removesuffix(PARTIAL))
     manifest = {
-        "schema_version": SCHEMA_VERSION, "task": task.name, "run": final.name, "created": _now(),
+        "schema_version": SCHEMA_VERSION, "task": task.name, "run": final.name, "created": now(),
         "preset": cfg.preset, "architecture": cfg.model_name, "data": task.describe_data(dataset),
         "metric": {}, "inference": to_dict(cfg.inference), "info": {}, "graphs": {}, "variants": {}, "metrics": {},
         "versions": versions(), "git_commit": git_commit(), "files": {},
@@ -241,7 +137,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     run = Run(run_dir, task, cfg, dataset, trained.cpu().eval(), manifest)
     plots.plot_curves(read_metrics(run_dir), task.metric.name, run_dir / "curves.png")
     manifest["metrics"]["torch"] = test
-    manifest["metric"] = _metric_entry(run)
+    manifest["metric"] = metric_entry(run)
     for name in TRAINED_FILES:
         run.record(name)
     run.save()
@@ -250,34 +146,6 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         run.dir = final
     print(f"test {task.metric.name} {test[task.metric.name]:.4g}{task.metric.unit}  ->  {final}", flush=True)
     return run
-
-
-# ---------------------------------------------------------------------------------------------
-# load a finished run
-
-
-def load_run(run_dir: str | Path, allow_older: bool = False) -> Run:
-    """A finished run folder, loaded: manifest, task, config, data, and the trained weights."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PipelineError(f"run folder not found: {run_dir}")
-    try:
-        manifest = read_manifest(run_dir, allow_older=allow_older)
-    except BundleError as e:
-        raise PipelineError(str(e)) from None
-    task = get_task(manifest["task"])
-    run = Run(run_dir, task, None, None, None, manifest)  # type: ignore[arg-type]
-    raw = load_file(run.check_file(CONFIG, "the run folder is damaged"))
-    run.cfg = resolve(task, raw.get("preset", "quick"), raw)
-    run.data = task.load_data(run.cfg)
-    model = task.build_model(run.cfg)
-    load_weights(model, run.check_file(CHECKPOINT, "retrain with `python -m pipeline train`"))
-    run.model = model.eval()
-    return run
-
-
-def _as_run(run: Run | str | Path, allow_older: bool = False) -> Run:
-    return run if isinstance(run, Run) else load_run(run, allow_older)
 
 
 def _exported(run: Run) -> None:
@@ -306,7 +174,7 @@ def _verify(run: Run, runners: dict[str, Any], what: str) -> tuple[dict[str, dic
 
 def export(run: Run | str | Path) -> dict[str, Path]:
     """torch -> one ``<graph>.onnx`` per graph, verified (loop-level) against PyTorch on every eval set."""
-    run = _as_run(run, allow_older=True)
+    run = as_run(run, allow_older=True)
     task, graphs = run.task, run.graphs
     files = {g: variant_file(g, "fp32") for g in graphs}
     print(f"exporting {run.dir.name} -> {', '.join(files.values())}", flush=True)
@@ -322,7 +190,7 @@ def export(run: Run | str | Path) -> dict[str, Path]:
         m["files"] = {k: v for k, v in m["files"].items() if k in TRAINED_FILES}
         for stale in ("benchmark", "io", "labels"):  # "io", "labels": schema 1
             m.pop(stale, None)
-        m.update(schema_version=SCHEMA_VERSION, metric=_metric_entry(run), inference=to_dict(run.cfg.inference),
+        m.update(schema_version=SCHEMA_VERSION, metric=metric_entry(run), inference=to_dict(run.cfg.inference),
                  info=task.info(run.cfg, run.data), parity=parity, variants={"fp32": {"status": "accepted", **scores}},
                  graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}} for g, graph in graphs.items()})
         m["metrics"]["onnx_fp32"] = scores
@@ -360,7 +228,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     graph, accepted or rejected as a set on the task's metric. Returns the variants."""
     if tensorrt and (reason := onnx_to_engine.unavailable_reason()):
         raise PipelineError(f"--tensorrt: {reason}")
-    run = _as_run(run)
+    run = as_run(run)
     _exported(run)
     m, metric = run.manifest, run.task.metric.name
     sources = {g: run.check_file(f, "run `python -m pipeline export` first") for g, f in graph_files(m, "fp32").items()}
@@ -429,7 +297,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
 def benchmark(run: Run | str | Path) -> list[dict]:
     """Latency and throughput of every backend side by side on the task's cases, each backend
     running the served computation (the task's loop over its graphs), with its metric."""
-    run = _as_run(run)
+    run = as_run(run)
     _exported(run)
     bcfg, task, m = run.cfg.benchmark, run.task, run.manifest
     metric = task.metric.name
@@ -504,79 +372,6 @@ def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:
     ref = times.get("torch eager")
     label = "_".join(f"{a}{v}" for a, v in first.items())
     return {f"{k} speedup_{label}": ref / v for k, v in times.items() if ref and k != "torch eager"}
-
-
-def benchmark_table(rows: list[dict], axes: list[str], metric: str, unit: str) -> str:
-    head = ["backend", *axes, "median ms", "p90 ms", f"{unit}/s", metric]
-    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-    for r in rows:
-        value = f"{r[metric]:.4g}" if isinstance(r.get(metric), (int, float)) else "-"
-        cells = [r["backend"], *(str(r[a]) for a in axes), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                 f"{r['throughput']:,.0f}" if r["throughput"] >= 100 else f"{r['throughput']:.1f}", value]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def model_card(manifest: dict, usage: str) -> str:
-    """MODEL_CARD.md: what it is, its data, graphs, metrics, and ``usage`` with plain onnxruntime."""
-    metric = manifest["metric"]
-    name, unit = metric["name"], metric.get("unit", "")
-    rows = []
-    for variant, v in manifest["variants"].items():
-        value = v.get(name)
-        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
-        files = ", ".join(f"`{f}`" for f in graph_files(manifest, variant).values()) or "-"
-        rows.append(f"| {variant} | {files} | {shown} | {v['status']}{': ' + v['reason'] if v.get('reason') else ''} |")
-    graphs = []
-    for g, spec in manifest["graphs"].items():
-        io = spec["io"]
-        lines = [f"- in `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["inputs"]]
-        lines += [f"- out `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["outputs"]]
-        graphs.append(f"**{g}** (`{spec['files']['fp32']}`, opset {io['opset']})\n\n" + "\n".join(lines) + "\n")
-    torch_metric = manifest["metrics"].get("torch", {}).get(name)
-    info = "".join(f"\n{k.capitalize()}: {', '.join(map(str, v)) if isinstance(v, list) else v}."
-                   for k, v in manifest.get("info", {}).items())
-    parity = "\n".join(f"- {p.get('description', s)}: " + json.dumps({k: v for k, v in p.items()
-                                                                      if k not in ("description",)})
-                       for s, p in manifest.get("parity", {}).items())
-    tolerance = metric.get("tolerance")
-    return f"""# {manifest['task']} model `{manifest['run']}`
-
-A {manifest['architecture']} trained by `python -m pipeline train {manifest['task']} --preset {manifest['preset']}`
-on {manifest.get('data', 'the built-in data')}.{info}
-
-## Graphs
-
-{chr(10).join(graphs)}
-
-Pre- and post-processing are inside the graphs; what must stay outside (a decode or sampler loop over
-several graphs) is numpy in `serve/tasks/{manifest['task']}.py`. The `.onnx` files without a variant
-suffix use standard ONNX ops only, so any ONNX Runtime (Python, C++, C#, Java, JavaScript) runs them.
-Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
-
-## Metrics ({name} on {manifest.get('parity', {}).get(metric.get('split'), {}).get('description', 'the held-out set')}{', ' + unit if unit else ''})
-
-PyTorch: {torch_metric if torch_metric is None else f'{torch_metric:.4g}'}. A variant is rejected when it loses
-more than {tolerance}{unit} against fp32.
-
-| variant | files | {name} | status |
-| --- | --- | --- | --- |
-{chr(10).join(rows)}
-
-Parity of the exported graphs against PyTorch, running the served computation:
-
-{parity}
-
-## Run it with onnxruntime and numpy
-
-{usage}
-
-Training config: `config.json`. Versions: {json.dumps(manifest['versions'])}. Git commit: {manifest.get('git_commit')}.
-"""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 
 from collections import Counter
 
+import pipeline.run
 import serve.runtime
 from export import onnx_to_ort
 from pipeline import stages
@@ -72,13 +73,13 @@ def test_run_all_loads_data_once_builds_the_model_once_and_hashes_each_file_once
 
         monkeypatch.setattr(task, name, counted)
     hashed = Counter()
-    real_sha, real_bytes = stages.sha256, serve.runtime.sha256_bytes
+    real_sha, real_bytes = pipeline.run.sha256, serve.runtime.sha256_bytes
 
     def sha(path):
         hashed[("stages", path.name)] += 1
         return real_sha(path)
 
-    monkeypatch.setattr(stages, "sha256", sha)
+    monkeypatch.setattr(pipeline.run, "sha256", sha)
     monkeypatch.setattr(serve.runtime, "sha256_bytes", lambda data: hashed.update(["runtime"]) or real_bytes(data))
     run_dir = stages.run_all("classify", "smoke", sets={"train": {"epochs": 1}, "benchmark": {"seconds": 0.01}},
                              out=tmp_path)
@@ -121,10 +122,10 @@ def test_a_nan_score_is_rejected():
         run = SimpleNamespace(task=SimpleNamespace(metric=Metric("m", direction, 0.5)),
                               cfg=SimpleNamespace(optimize=OptimizeConfig()),
                               manifest={"variants": {"fp32": {"m": 1.0}}})
-        assert stages.Run.judge(run, {"m": float("nan")})[0] == "rejected"
-        assert stages.Run.judge(run, {"m": 1.0})[0] == "accepted"
+        assert pipeline.run.Run.judge(run, {"m": float("nan")})[0] == "rejected"
+        assert pipeline.run.Run.judge(run, {"m": 1.0})[0] == "accepted"
         worse = 0.4 if direction == "max" else 1.6
-        assert stages.Run.judge(run, {"m": worse})[0] == "rejected"
+        assert pipeline.run.Run.judge(run, {"m": worse})[0] == "rejected"
 
 
 def test_a_parity_bound_on_an_unmeasured_metric_breaks():

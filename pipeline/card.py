@@ -1,0 +1,76 @@
+"""What people read of a bundle: the model card and the benchmark table."""
+from __future__ import annotations
+
+import json
+
+from serve.bundle import graph_files
+
+
+def benchmark_table(rows: list[dict], axes: list[str], metric: str, unit: str) -> str:
+    head = ["backend", *axes, "median ms", "p90 ms", f"{unit}/s", metric]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    for r in rows:
+        value = f"{r[metric]:.4g}" if isinstance(r.get(metric), (int, float)) else "-"
+        cells = [r["backend"], *(str(r[a]) for a in axes), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                 f"{r['throughput']:,.0f}" if r["throughput"] >= 100 else f"{r['throughput']:.1f}", value]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+
+def model_card(manifest: dict, usage: str) -> str:
+    """MODEL_CARD.md: what it is, its data, graphs, metrics, and ``usage`` with plain onnxruntime."""
+    metric = manifest["metric"]
+    name, unit = metric["name"], metric.get("unit", "")
+    rows = []
+    for variant, v in manifest["variants"].items():
+        value = v.get(name)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        files = ", ".join(f"`{f}`" for f in graph_files(manifest, variant).values()) or "-"
+        rows.append(f"| {variant} | {files} | {shown} | {v['status']}{': ' + v['reason'] if v.get('reason') else ''} |")
+    graphs = []
+    for g, spec in manifest["graphs"].items():
+        io = spec["io"]
+        lines = [f"- in `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["inputs"]]
+        lines += [f"- out `{s['name']}` {s['dtype']} {list(s['shape'])}: {s['doc']}" for s in io["outputs"]]
+        graphs.append(f"**{g}** (`{spec['files']['fp32']}`, opset {io['opset']})\n\n" + "\n".join(lines) + "\n")
+    torch_metric = manifest["metrics"].get("torch", {}).get(name)
+    info = "".join(f"\n{k.capitalize()}: {', '.join(map(str, v)) if isinstance(v, list) else v}."
+                   for k, v in manifest.get("info", {}).items())
+    parity = "\n".join(f"- {p.get('description', s)}: " + json.dumps({k: v for k, v in p.items()
+                                                                      if k not in ("description",)})
+                       for s, p in manifest.get("parity", {}).items())
+    tolerance = metric.get("tolerance")
+    return f"""# {manifest['task']} model `{manifest['run']}`
+
+A {manifest['architecture']} trained by `python -m pipeline train {manifest['task']} --preset {manifest['preset']}`
+on {manifest.get('data', 'the built-in data')}.{info}
+
+## Graphs
+
+{chr(10).join(graphs)}
+
+Pre- and post-processing are inside the graphs; what must stay outside (a decode or sampler loop over
+several graphs) is numpy in `serve/tasks/{manifest['task']}.py`. The `.onnx` files without a variant
+suffix use standard ONNX ops only, so any ONNX Runtime (Python, C++, C#, Java, JavaScript) runs them.
+Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
+
+## Metrics ({name} on {manifest.get('parity', {}).get(metric.get('split'), {}).get('description', 'the held-out set')}{', ' + unit if unit else ''})
+
+PyTorch: {torch_metric if torch_metric is None else f'{torch_metric:.4g}'}. A variant is rejected when it loses
+more than {tolerance}{unit} against fp32.
+
+| variant | files | {name} | status |
+| --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Parity of the exported graphs against PyTorch, running the served computation:
+
+{parity}
+
+## Run it with onnxruntime and numpy
+
+{usage}
+
+Training config: `config.json`. Versions: {json.dumps(manifest['versions'])}. Git commit: {manifest.get('git_commit')}.
+"""

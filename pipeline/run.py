@@ -1,0 +1,157 @@
+"""A run folder in memory: its task, config, data, trained model and manifest, loaded once.
+
+The stages (``pipeline/stages.py``) work on a :class:`Run`; ``run`` chains them on one. Each file is
+hashed once: when the stage that wrote it lists it (:meth:`Run.record`), or when a stage first
+checks it before use (:meth:`Run.check_file`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.verify import TorchRunner
+from pipeline.config import load_file
+from pipeline.errors import PipelineError
+from pipeline.fileio import write_json
+from pipeline.tasks import get_task
+from pipeline.tasks.base import EvalSet, Graph, RunConfig, Task, resolve
+from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, load_weights
+from serve.bundle import CONFIG, MANIFEST, BundleError, read_manifest, sha256
+
+TRAINED_FILES = (CONFIG, CHECKPOINT, TRAINING_STATE, METRICS, "curves.png")  # what train writes
+
+
+@dataclass
+class Run:
+    """A run folder in memory: its task, config, data, trained model and manifest."""
+
+    dir: Path
+    task: Task
+    cfg: RunConfig
+    data: Any
+    model: torch.nn.Module
+    manifest: dict[str, Any]
+    _verified: set[str] = field(default_factory=set, repr=False)
+
+    @cached_property
+    def graphs(self) -> dict[str, Graph]:
+        return self.task.graphs(self.model.eval().cpu(), self.cfg, self.data)
+
+    @cached_property
+    def eval_sets(self) -> list[EvalSet]:
+        return self.task.eval_sets(self.data, self.cfg)
+
+    @cached_property
+    def torch_runners(self) -> dict[str, TorchRunner]:
+        return {name: TorchRunner(g.module, g.contract) for name, g in self.graphs.items()}
+
+    # -- files and the manifest ---------------------------------------------------------------
+
+    def record(self, name: str) -> None:
+        """List a file this stage wrote in the manifest, with its sha256 (hashed here, once)."""
+        path = self.dir / name
+        self.manifest["files"][name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        self._verified.add(name)
+
+    def forget(self, name: str) -> None:
+        self.manifest["files"].pop(name, None)
+
+    def check_file(self, name: str, hint: str) -> Path:
+        """``dir/name``, after checking it exists and matches the manifest's sha256 (once per Run)."""
+        path = self.dir / name
+        if not path.is_file():
+            raise PipelineError(f"{path} not found; {hint}")
+        if name not in self._verified:
+            want = self.manifest.get("files", {}).get(name, {}).get("sha256")
+            if want is None or sha256(path) != want:
+                raise PipelineError(f"{path} is corrupt or was changed after it was written (sha256 mismatch); {hint}")
+            self._verified.add(name)
+        return path
+
+    def save(self) -> None:
+        self.manifest["updated"] = now()
+        write_json(self.dir / MANIFEST, self.manifest)
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score(self, runners: dict[str, Any]) -> tuple[dict[str, float], Any]:
+        """The task's metrics of ``runners`` on the scored eval set, and the outputs."""
+        if not self.eval_sets:
+            raise PipelineError(f"task {self.task.name} names no held-out set to verify and score on")
+        first = self.eval_sets[0]
+        outputs = self.task.infer(runners, first.items, self.cfg)
+        return self.task.score(outputs, first.items, self.cfg), outputs
+
+    def judge(self, scores: dict[str, float]) -> tuple[str, str | None]:
+        metric = self.task.metric
+        tolerance = self.cfg.optimize.max_drop if self.cfg.optimize.max_drop is not None else metric.tolerance
+        ref = self.manifest["variants"]["fp32"][metric.name]
+        drop = metric.loss(ref, scores[metric.name])
+        if not np.isfinite(drop) or drop > tolerance:  # a NaN score is never "within tolerance"
+            return "rejected", (f"{metric.name} {scores[metric.name]:.4g} vs fp32 {ref:.4g}: loses {drop:.4g} "
+                                f"> {tolerance:g}{metric.unit}")
+        return "accepted", None
+
+
+def metric_entry(run: Run) -> dict[str, Any]:
+    """The manifest's ``metric``: what variants are judged on, on which held-out set."""
+    metric = run.task.metric
+    return {"name": metric.name, "direction": metric.direction, "tolerance": metric.tolerance, "unit": metric.unit,
+            "split": run.eval_sets[0].name if run.eval_sets else "test"}
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# load a finished run
+
+
+def load_run(run_dir: str | Path, allow_older: bool = False) -> Run:
+    """A finished run folder, loaded: manifest, task, config, data, and the trained weights."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PipelineError(f"run folder not found: {run_dir}")
+    try:
+        manifest = read_manifest(run_dir, allow_older=allow_older)
+    except BundleError as e:
+        raise PipelineError(str(e)) from None
+    task = get_task(manifest["task"])
+    run = Run(run_dir, task, None, None, None, manifest)  # type: ignore[arg-type]
+    raw = load_file(run.check_file(CONFIG, "the run folder is damaged"))
+    run.cfg = resolve(task, raw.get("preset", "quick"), raw)
+    run.data = task.load_data(run.cfg)
+    model = task.build_model(run.cfg)
+    load_weights(model, run.check_file(CHECKPOINT, "retrain with `python -m pipeline train`"))
+    run.model = model.eval()
+    return run
+
+
+def as_run(run: Run | str | Path, allow_older: bool = False) -> Run:
+    return run if isinstance(run, Run) else load_run(run, allow_older)
