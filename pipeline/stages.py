@@ -44,11 +44,11 @@ BENCHMARK_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 
 # variant -> builder(src .onnx, dst, graph name, run); one per entry of serve.bundle.VARIANTS but
 # fp32 (the export itself) and tensorrt (built per graph with the contract's shape profiles)
-Builder = Callable[[Path, Path, str, "Run"], None]
+Builder = Callable[[Path, Path, str, Run], Any]
 
 
 def _int8_builder(mode: str) -> Builder:
-    def build(src: Path, dst: Path, graph: str, run: "Run") -> None:
+    def build(src: Path, dst: Path, graph: str, run: Run) -> None:
         calibration = None
         if mode == "static":
             batches = run.task.calibration(run.data, run.cfg, run.cfg.optimize.calibration_samples)
@@ -67,8 +67,6 @@ BUILDERS: dict[str, Builder | Callable[[str], Builder]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# train
 # ---------------------------------------------------------------------------------------------
 # train
 
