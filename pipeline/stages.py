@@ -229,7 +229,8 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     run = as_run(run)
     _exported(run)
     m, metric = run.manifest, run.task.metric.name
-    sources = {g: run.check_file(f, "run `python -m pipeline export` first") for g, f in graph_files(m, "fp32").items()}
+    sources = {g: run.check_file(f, "run `python -m pipeline export` first")
+               for g, f in graph_files(m, "fp32").items()}
 
     def make(variant: str, build: Builder, open_session, tag: str = "", **info) -> dict[str, Any]:
         """Build one file per graph, score the set with the task's loop, judge it against fp32."""
@@ -304,12 +305,14 @@ def benchmark(run: Run | str | Path) -> list[dict]:
         bundle = Bundle.open(run.dir, threads=bcfg.threads)
     except BundleError as e:
         raise PipelineError(str(e)) from None
+    def rebuild(variant: str) -> str:
+        return f"rerun `python -m pipeline {'export' if variant == 'fp32' else 'optimize'} {run.dir}`"
+
     for variant, entry in m["variants"].items():  # an accepted variant must be benchmarked, not skipped
-        stage = "export" if variant == "fp32" else "optimize"
         for f in graph_files(m, variant).values() if entry.get("status") == "accepted" else ():
             if f in bundle.bad_files:
                 raise PipelineError(f"{run.dir / f} is corrupt or was changed after it was written "
-                                    f"({bundle.bad_files[f]}); rerun `python -m pipeline {stage} {run.dir}`")
+                                    f"({bundle.bad_files[f]}); {rebuild(variant)}")
     torch_metric = m["metrics"].get("torch_served", m["metrics"].get("torch", {})).get(metric)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # beside ORT's CUDA provider where there is one
     torch_runners = {g: TorchRunner(graph.module, graph.contract, device) for g, graph in run.graphs.items()}
@@ -318,8 +321,7 @@ def benchmark(run: Run | str | Path) -> list[dict]:
         try:
             runners = bundle.runners(variant)
         except BundleError as e:
-            stage = "export" if variant == "fp32" else "optimize"
-            raise PipelineError(f"{run.dir}: {e}; rerun `python -m pipeline {stage} {run.dir}`") from None
+            raise PipelineError(f"{run.dir}: {e}; {rebuild(variant)}") from None
         name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
         backends[name] = (runners, m["variants"][variant].get(metric))
     cases = task.benchmark_cases(run.data, run.cfg)
@@ -347,7 +349,8 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     return rows
 
 
-def _time_cases(task: Task, cfg: RunConfig, cases: list, backends: dict[str, tuple[dict, float | None]]) -> list[dict]:
+def _time_cases(task: Task, cfg: RunConfig, cases: list,
+                backends: dict[str, tuple[dict, float | None]]) -> list[dict]:
     """Every backend on every case, side by side: the median and p90 latency of the task's served
     computation, the throughput in the task's unit, and the backend's metric."""
     rows, metric, bcfg = [], task.metric.name, cfg.benchmark

@@ -149,7 +149,7 @@ class Bundle:
     checks: dict[str, IOCheck] = field(default_factory=dict, repr=False)  # graph -> compiled I/O check
     threads: int = 0  # ORT intra-op threads; 0: all cores
     _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
-    _hashed: dict[str, bool] = field(default_factory=dict, repr=False)
+    _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -214,11 +214,11 @@ class Bundle:
         """A listed, intact file of the bundle (hashed on first use), or None."""
         if name not in self.manifest["files"] or name in self.bad_files or not (self.path / name).is_file():
             return None
-        if not self._hashed.get(name):
+        if name not in self._hashed:
             if sha256(self.path / name) != self.manifest["files"][name].get("sha256"):
                 self.bad_files[name] = "altered (sha256 does not match the manifest)"
                 return None
-            self._hashed[name] = True
+            self._hashed.add(name)
         return self.path / name
 
     # -- running ------------------------------------------------------------------------------

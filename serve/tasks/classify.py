@@ -79,46 +79,42 @@ class ClassifyTab(TaskTab):
     endpoints = ("classify", "classify_sketch")
 
     def build(self, bundle: Bundle) -> None:
-        build_tab(bundle)
+        """The tab's components and events (inside an open ``gr.Tab``)."""
+        import gradio as gr
 
+        def classify_upload(path, variant):
+            if path is None:
+                raise BundleError("no image: upload one, pick an example, or draw in the Draw tab")
+            return predict(bundle, read_image(path), variant)
 
-def build_tab(bundle: Bundle) -> None:
-    """The tab's components and events (inside an open ``gr.Tab``)."""
-    import gradio as gr
+        def classify_sketch(value, variant):
+            return predict(bundle, from_sketch(value), variant)
 
-    def classify_upload(path, variant):
-        if path is None:
-            raise BundleError("no image: upload one, pick an example, or draw in the Draw tab")
-        return predict(bundle, read_image(path), variant)
-
-    def classify_sketch(value, variant):
-        return predict(bundle, from_sketch(value), variant)
-
-    variants = bundle.variants()
-    gr.Markdown(f"**{bundle.name}**: {bundle.manifest.get('architecture', '')} over labels "
-                f"{', '.join(bundle.info.get('labels', []))}. Draw a digit or upload an image.")
-    with gr.Row():
-        with gr.Column():
-            with gr.Tabs():
-                with gr.Tab("Draw"):
-                    sketch = gr.Sketchpad(label="Draw a digit", type="numpy", image_mode="RGBA",
-                                          canvas_size=(280, 280), elem_id="classify-sketch",
-                                          brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
-                    sketch_btn = gr.Button("Classify drawing", variant="primary", elem_id="classify-sketch-btn")
-                with gr.Tab("Upload"):
-                    # image_mode=None: Gradio hands over the uploaded file as is (no decode and
-                    # re-encode into its cache, which also races on identical concurrent uploads)
-                    upload = gr.Image(label="Image", type="filepath", image_mode=None,
-                                      sources=["upload", "clipboard"], elem_id="classify-upload")
-                    upload_btn = gr.Button("Classify image", variant="primary", elem_id="classify-upload-btn")
-                    examples = [str(p) for name in bundle.manifest.get("examples", []) if (p := bundle.file(name))]
-                    if examples:
-                        gr.Examples(examples=examples, inputs=[upload], label="Held-out test digits")
-            variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="classify-variant")
-        with gr.Column():
-            label = gr.Label(num_top_classes=3, label="Prediction", elem_id="classify-label")
-            latency = gr.Textbox(label="Latency", interactive=False, elem_id="classify-latency")
-    readable_preprocess(upload, NOT_AN_IMAGE)
-    readable_preprocess(sketch, "the sketch could not be read; clear it and draw again")
-    upload_btn.click(guarded(classify_upload), [upload, variant], [label, latency], api_name="classify")
-    sketch_btn.click(guarded(classify_sketch), [sketch, variant], [label, latency], api_name="classify_sketch")
+        variants = bundle.variants()
+        gr.Markdown(f"**{bundle.name}**: {bundle.manifest.get('architecture', '')} over labels "
+                    f"{', '.join(bundle.info.get('labels', []))}. Draw a digit or upload an image.")
+        with gr.Row():
+            with gr.Column():
+                with gr.Tabs():
+                    with gr.Tab("Draw"):
+                        sketch = gr.Sketchpad(label="Draw a digit", type="numpy", image_mode="RGBA",
+                                              canvas_size=(280, 280), elem_id="classify-sketch",
+                                              brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
+                        sketch_btn = gr.Button("Classify drawing", variant="primary", elem_id="classify-sketch-btn")
+                    with gr.Tab("Upload"):
+                        # image_mode=None: Gradio hands over the uploaded file as is (no decode and
+                        # re-encode into its cache, which also races on identical concurrent uploads)
+                        upload = gr.Image(label="Image", type="filepath", image_mode=None,
+                                          sources=["upload", "clipboard"], elem_id="classify-upload")
+                        upload_btn = gr.Button("Classify image", variant="primary", elem_id="classify-upload-btn")
+                        examples = [str(p) for name in bundle.manifest.get("examples", []) if (p := bundle.file(name))]
+                        if examples:
+                            gr.Examples(examples=examples, inputs=[upload], label="Held-out test digits")
+                variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="classify-variant")
+            with gr.Column():
+                label = gr.Label(num_top_classes=3, label="Prediction", elem_id="classify-label")
+                latency = gr.Textbox(label="Latency", interactive=False, elem_id="classify-latency")
+        readable_preprocess(upload, NOT_AN_IMAGE)
+        readable_preprocess(sketch, "the sketch could not be read; clear it and draw again")
+        upload_btn.click(guarded(classify_upload), [upload, variant], [label, latency], api_name="classify")
+        sketch_btn.click(guarded(classify_sketch), [sketch, variant], [label, latency], api_name="classify_sketch")
