@@ -190,7 +190,8 @@ def export(run: Run | str | Path) -> dict[str, Path]:
             m.pop(stale, None)
         m.update(schema_version=SCHEMA_VERSION, metric=metric_entry(run), inference=to_dict(run.cfg.inference),
                  info=task.info(run.cfg, run.data), parity=parity, variants={"fp32": {"status": "accepted", **scores}},
-                 graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}} for g, graph in graphs.items()})
+                 graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}}
+                         for g, graph in graphs.items()})
         m["metrics"]["onnx_fp32"] = scores
         m["metrics"]["torch_served"] = task.score(reference, run.eval_sets[0].items, run.cfg)
         m["examples"] = []
@@ -337,7 +338,8 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             graph.module.cpu()
     axes = list(cases[0].axes)
     info = {"cpu": platform.processor() or platform.machine(), "torch_device": device,
-            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "threads": bcfg.threads or torch_threads,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
     write_json(run.dir / "benchmark.json", info)
     write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, metric, task.bench_unit))
