@@ -63,17 +63,22 @@ def load_digits(fractions: tuple[float, float] = (0.1, 0.2), seed: int = 0) -> I
 
 
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
-    """One image file as uint8 (size, size, channels); an unreadable file is a PipelineError."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file as uint8 (size, size, channels), decoded as the app decodes uploads
+    (:func:`serve.inputs.decode_image`: every mode, transparency on white, the same size limit);
+    an unusable file is a PipelineError naming it."""
+    from PIL import Image
+
+    from serve.inputs import InputError, decode_image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PipelineError(f"not a readable image: {path} ({e.__class__.__name__})") from None
-    return arr.reshape(size, size, channels)
+        rgb = decode_image(path)
+    except InputError as e:
+        raise PipelineError(f"{path}: {e}") from None
+    im = Image.fromarray(rgb)
+    if channels == 1:
+        im = im.convert("L")  # ITU-R 601 luma, exact for grey sources
+    im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
 
 
 def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -90,6 +95,9 @@ def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
                 labels.append(i)
     if not files:
         raise PipelineError(f"image folder {root} has no images in its class folders {classes}")
+    if len(classes) < 2:
+        raise PipelineError(f"image folder {root} has one class folder ({classes[0]!r}); a classifier needs at "
+                            f"least two: {root}/<class>/<image files>, one folder per class")
     return files, labels, classes
 
 

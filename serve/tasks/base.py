@@ -1,9 +1,11 @@
-"""What a task is to the app: the serve-side interface every ``serve/tasks/<task>.py`` implements."""
+"""What a task is to the app: the serve-side interface every ``serve/tasks/<task>.py`` implements,
+and the Gradio glue that sends every input through :mod:`serve.inputs`."""
 from __future__ import annotations
 
 from typing import Any, Callable, ClassVar
 
 from serve.bundle import BundleError
+from serve.inputs import LIMITS, InputError, decode_data_url, decode_image, image_size
 from serve.runtime import Bundle
 
 
@@ -19,30 +21,107 @@ class TaskTab:
         raise NotImplementedError
 
 
+def _readable(error: BundleError) -> Exception:
+    import gradio as gr
+
+    return gr.Error(str(error), print_exception=False)
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """An event handler whose BundleErrors reach people as one readable message, not a traceback."""
-    import gradio as gr
 
     def run(*args):
         try:
             return fn(*args)
         except BundleError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise _readable(e) from None
 
     run.__name__ = getattr(fn, "__name__", "run")
     return run
 
 
-def readable_preprocess(component: Any, message: str) -> None:
-    """Gradio's own decoding error names its internals; show people ``message`` instead."""
+def _checked(component: Any, preprocess: Callable[[Any], Any], unreadable: str, allow_none: bool = True) -> None:
+    """``component`` hands its events what ``preprocess`` makes of the payload; a payload of the
+    wrong shape (Gradio's own validation, before any preprocess) or an InputError is ``unreadable``
+    or the error's message, never a traceback or a validation dump."""
     import gradio as gr
+    from pydantic import ValidationError
 
-    original = component.preprocess
+    model = getattr(component, "data_model", None)
+    if model is not None:
+        class Checked(model):  # type: ignore[misc, valid-type]
+            @classmethod
+            def model_validate(cls, obj, *args, **kwargs):
+                try:
+                    return super().model_validate(obj, *args, **kwargs)
+                except ValidationError:
+                    raise gr.Error(unreadable, print_exception=False) from None
 
-    def preprocess(payload):
+        Checked.__name__ = model.__name__
+        component.data_model = Checked
+
+    def run(payload):
+        if payload is None and allow_none:
+            return None
         try:
-            return original(payload)
-        except Exception:  # noqa: BLE001 - any undecodable input means the same to a person
-            raise gr.Error(message, print_exception=False) from None
+            return preprocess(payload)
+        except BundleError as e:
+            raise _readable(e) from None
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - any other undecodable payload means the same to a person
+            raise gr.Error(unreadable, print_exception=False) from None
 
-    component.preprocess = preprocess
+    component.preprocess = run
+
+
+def _file_source(file: Any) -> str | bytes:
+    """A Gradio file payload (FileData, raw bytes, or an inline ``data:`` URL) -> a path or bytes."""
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        return bytes(file)
+    url = getattr(file, "url", None)
+    if isinstance(url, str) and url.startswith("data:"):
+        return decode_data_url(url)
+    path = getattr(file, "path", None)
+    if not isinstance(path, str):
+        raise InputError("no image was sent")
+    return path
+
+
+def image_input(component: Any, unreadable: str) -> None:
+    """An image component whose events get uint8 (H, W, 3), decoded by :func:`serve.inputs.decode_image`."""
+    _checked(component, lambda payload: decode_image(_file_source(payload)), unreadable)
+
+
+def sketch_input(component: Any, unreadable: str) -> None:
+    """A Sketchpad / ImageEditor whose events get ``{"composite": uint8 (H, W, 3) | None}``: every
+    image of the value (background, layers, composite) is size-checked from its header, then only
+    the composite, the drawing as seen, is decoded."""
+
+    def preprocess(payload: Any) -> dict[str, Any]:
+        data = payload
+        if getattr(payload, "id", None) is not None:  # the canvas's images sent ahead as blobs
+            data = component.blob_storage.pop(payload.id, None) or payload
+        layers = [x for x in (getattr(data, "layers", None) or []) if x is not None]
+        images = [x for x in (getattr(data, "background", None), *layers) if x is not None]
+        composite = getattr(data, "composite", None)
+        if len(images) + 1 > LIMITS.max_layers:
+            raise InputError(f"the sketch has {len(images) + 1} images; at most {LIMITS.max_layers}")
+        for image in images:
+            image_size(_file_source(image))
+        return {"composite": None if composite is None else decode_image(_file_source(composite))}
+
+    _checked(component, preprocess, unreadable)
+
+
+def choice_input(component: Any, what: str) -> None:
+    """A Radio / Dropdown whose events get one of its choices; anything else is one readable line."""
+    choices = [c[1] if isinstance(c, (tuple, list)) else c for c in component.choices]
+
+    def preprocess(value: Any) -> Any:
+        if value not in choices:
+            shown = repr(value)[:60]
+            raise InputError(f"unknown {what} {shown}; choose one of {', '.join(map(str, choices))}")
+        return value
+
+    _checked(component, preprocess, f"the {what} could not be read", allow_none=False)

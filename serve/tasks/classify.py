@@ -1,59 +1,29 @@
 """Classification: images from uploads and sketches to the graph's ``image`` input, and the tab."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serve.bundle import BundleError
+from serve.inputs import InputError
 from serve.runtime import Bundle
-from serve.tasks.base import TaskTab, guarded, readable_preprocess
+from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
 
-MAX_SIDE = 4096  # pixels; larger uploads are refused before decoding
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
-NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, ...)"
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An uploaded file as uint8 (H, W, 3); a non-image or a huge image is a BundleError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if max(w, h) > MAX_SIDE:
-                raise BundleError(f"the image is {w}x{h} pixels; the largest side may be {MAX_SIDE}")
-            return flatten(np.asarray(im.convert("RGBA")))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise BundleError(NOT_AN_IMAGE) from None
-
-
-def flatten(image: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 3) or (H, W, 4) -> uint8 (H, W, 3); transparency is laid on white paper."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    if image.shape[-1] == 4:
-        alpha = image[..., 3:].astype(np.float32) / 255.0
-        image = np.round(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return image
+NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
+UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
 
 def from_sketch(value: Any) -> np.ndarray:
-    """A Sketchpad value -> the drawing cropped to its ink, centred on a square of white paper
-    (the digits were scanned that way); an empty sketch is a BundleError."""
-    composite = value.get("composite") if isinstance(value, dict) else value
-    if composite is None:
-        raise BundleError("the sketch is empty: draw a digit first")
-    image = flatten(composite)
+    """A sketch (``{"composite": uint8 (H, W, 3)}``, as :func:`serve.tasks.base.sketch_input`
+    hands it over, or the array itself) -> the drawing cropped to its ink, centred on a square of
+    white paper (the digits were scanned that way); an empty sketch is an InputError."""
+    image = value.get("composite") if isinstance(value, dict) else value
+    if image is None:
+        raise InputError("the sketch is empty: draw a digit first")
     ink = image.min(axis=-1) < 255 - INK_THRESHOLD
     if not ink.any():
-        raise BundleError("the sketch is empty: draw a digit first")
+        raise InputError("the sketch is empty: draw a digit first")
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     side = int(max(crop.shape[:2]) * 1.15) + 2
@@ -82,10 +52,10 @@ class ClassifyTab(TaskTab):
         """The tab's components and events (inside an open ``gr.Tab``)."""
         import gradio as gr
 
-        def classify_upload(path, variant):
-            if path is None:
-                raise BundleError("no image: upload one, pick an example, or draw in the Draw tab")
-            return predict(bundle, read_image(path), variant)
+        def classify_upload(image, variant):
+            if image is None:
+                raise InputError("no image: upload one, pick an example, or draw in the Draw tab")
+            return predict(bundle, image, variant)
 
         def classify_sketch(value, variant):
             return predict(bundle, from_sketch(value), variant)
@@ -114,7 +84,9 @@ class ClassifyTab(TaskTab):
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="Prediction", elem_id="classify-label")
                 latency = gr.Textbox(label="Latency", interactive=False, elem_id="classify-latency")
-        readable_preprocess(upload, NOT_AN_IMAGE)
-        readable_preprocess(sketch, "the sketch could not be read; clear it and draw again")
+        # every input through serve.inputs: decoded once, size-checked from the header first
+        image_input(upload, NOT_AN_IMAGE)
+        sketch_input(sketch, UNREADABLE_SKETCH)
+        choice_input(variant, "variant")
         upload_btn.click(guarded(classify_upload), [upload, variant], [label, latency], api_name="classify")
         sketch_btn.click(guarded(classify_sketch), [sketch, variant], [label, latency], api_name="classify_sketch")

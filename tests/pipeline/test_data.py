@@ -53,5 +53,32 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(root, 1, 8)
     root = _folder(tmp_path / "bad")
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(PipelineError, match=r"not a readable image.*broken.png"):
+    with pytest.raises(PipelineError, match=r"broken.png: that file is not an image"):
         load_image_folder(root, 1, 8)
+    Image.new("L", (5000, 8)).save(root / "dog" / "broken.png")
+    with pytest.raises(PipelineError, match=r"broken.png: the image is 5000x8 pixels; the largest side may be 4096"):
+        load_image_folder(root, 1, 8)
+
+
+def test_one_class_is_not_a_classification(tmp_path):
+    with pytest.raises(PipelineError, match="one class folder.*'cat'.*at least two"):
+        load_image_folder(_folder(tmp_path / "one", classes=("cat",)), 1, 8)
+
+
+def test_folders_read_every_mode_as_the_app_does(tmp_path):
+    """16-bit scans and drawings on a transparent background train as the app sees them (one decoder)."""
+    from serve.inputs import decode_image
+
+    ink = np.full((12, 12), 255, np.uint8)
+    ink[2:10, 5:7] = 0
+    stored = {"grey8": Image.fromarray(ink), "grey16": Image.fromarray(ink.astype(np.uint16) * 257),
+              "transparent": Image.fromarray(np.dstack([np.zeros((12, 12, 3), np.uint8), 255 - ink]))}
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for name, im in stored.items():
+            for i in range(4):
+                im.save(tmp_path / "f" / c / f"{name}{i}.png")
+    data = load_image_folder(tmp_path / "f", channels=1, size=12)
+    everything = np.concatenate([data.train.images, data.val.images, data.test.images])
+    assert (everything == ink[..., None]).all()
+    assert (decode_image(tmp_path / "f" / "a" / "transparent0.png")[..., 0] == ink).all()

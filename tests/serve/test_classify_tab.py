@@ -1,42 +1,103 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve.runtime import BundleError
-from serve.tasks.classify import MAX_SIDE, flatten, from_sketch, read_image
-
-
-def test_flatten_lays_transparency_on_white():
-    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent black
-    rgba[1, 1] = [0, 0, 0, 255]  # one opaque black pixel
-    out = flatten(rgba)
-    assert out.shape == (4, 4, 3) and out[0, 0].tolist() == [255] * 3 and out[1, 1].tolist() == [0] * 3
-    assert flatten(np.zeros((3, 5), np.uint8)).shape == (3, 5, 3)
+from serve.inputs import InputError
 
 
 def test_sketch_is_cropped_to_its_ink_and_squared():
-    canvas = np.zeros((280, 280, 4), np.uint8)
-    canvas[100:200, 130:150] = [0, 0, 0, 255]  # a tall stroke: "1"
-    out = from_sketch({"composite": canvas, "layers": [], "background": None})
+    from serve.tasks.classify import from_sketch
+
+    canvas = np.full((280, 280, 3), 255, np.uint8)
+    canvas[100:200, 130:150] = 0  # a tall stroke: "1"
+    out = from_sketch({"composite": canvas})
     assert out.shape[0] == out.shape[1] and out.shape[0] < 140
     ink = out.min(-1) < 128
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     assert abs((rows[0] + rows[-1]) / 2 - out.shape[0] / 2) <= 2 and abs((cols[0] + cols[-1]) / 2 - out.shape[1] / 2) <= 2
 
 
-@pytest.mark.parametrize("value", [None, {"composite": None}, {"composite": np.zeros((50, 50, 4), np.uint8)},
-                                   {"composite": np.full((50, 50, 3), 255, np.uint8)}])
+@pytest.mark.parametrize("value", [None, {"composite": None}, {"composite": np.full((50, 50, 3), 255, np.uint8)}])
 def test_empty_sketch(value):
-    with pytest.raises(BundleError, match="draw a digit first"):
+    from serve.tasks.classify import from_sketch
+
+    with pytest.raises(InputError, match="draw a digit first"):
         from_sketch(value)
 
 
-def test_read_image_errors(tmp_path):
-    (tmp_path / "a.png").write_text("not an image")
-    with pytest.raises(BundleError, match="not an image"):
-        read_image(tmp_path / "a.png")
-    Image.new("L", (MAX_SIDE + 1, 2)).save(tmp_path / "huge.png")
-    with pytest.raises(BundleError, match=f"largest side may be {MAX_SIDE}"):
-        read_image(tmp_path / "huge.png")
-    Image.new("LA", (9, 7)).save(tmp_path / "ok.png")
-    assert read_image(tmp_path / "ok.png").shape == (7, 9, 3)
+# -- the Gradio glue: what the components hand the events, and what bad payloads become ---------
+
+
+@pytest.fixture
+def components():
+    import gradio as gr
+
+    from serve.tasks.base import choice_input, image_input, sketch_input
+
+    with gr.Blocks():
+        sketch = gr.Sketchpad(type="numpy", image_mode="RGBA")
+        upload = gr.Image(type="filepath", image_mode=None)
+        variant = gr.Radio(["fp32", "int8"], value="fp32")
+    sketch_input(sketch, "the sketch could not be read")
+    image_input(upload, "not an image")
+    choice_input(variant, "variant")
+    return sketch, upload, variant
+
+
+def _file(tmp_path, name: str, im: Image.Image):
+    from gradio.data_classes import FileData
+
+    im.save(tmp_path / name)
+    return FileData(path=str(tmp_path / name), orig_name=name)
+
+
+def _gradio_error(fn, *args) -> str:
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as e:
+        fn(*args)
+    return e.value.message
+
+
+def test_sketch_layers_are_size_checked_and_the_composite_decoded(components, tmp_path, monkeypatch):
+    from gradio.components.image_editor import EditorData
+
+    sketch, _, _ = components
+    ink = np.zeros((60, 60, 4), np.uint8)
+    ink[10:50, 28:32] = [0, 0, 0, 255]
+    drawing = _file(tmp_path, "c.png", Image.fromarray(ink))
+    value = sketch.preprocess(EditorData(background=None, layers=[drawing], composite=drawing))
+    assert set(value) == {"composite"} and value["composite"].shape == (60, 60, 3)
+    assert (value["composite"][0, 0] == 255).all() and (value["composite"][20, 30] == 0).all()
+    huge = _file(tmp_path, "huge.png", Image.new("L", (10000, 10000), 255))
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels decoded"))
+    for payload in (EditorData(composite=huge), EditorData(layers=[huge], composite=drawing)):
+        assert "largest side may be 4096" in _gradio_error(sketch.preprocess, payload)
+
+
+@pytest.mark.parametrize("payload", ["abc", [1, 2], 5, {"composite": "x"}, {"composite": {"path": 3}}])
+def test_a_sketch_of_the_wrong_shape_is_one_readable_line(components, payload):
+    sketch, _, _ = components
+    assert _gradio_error(sketch.data_model.model_validate, payload) == "the sketch could not be read"
+
+
+def test_uploads_are_decoded_by_the_one_function(components, tmp_path):
+    from gradio.data_classes import FileData
+
+    _, upload, _ = components
+    wide = Image.fromarray((np.full((20, 20), 40000, np.uint16)))  # 16-bit grey
+    out = upload.preprocess(_file(tmp_path, "w.png", wide))
+    assert out.dtype == np.uint8 and (out == round(40000 / 257)).all()
+    (tmp_path / "t.png").write_text("text")
+    assert "not an image" in _gradio_error(upload.preprocess, FileData(path=str(tmp_path / "t.png")))
+    assert "base64" in _gradio_error(upload.preprocess, upload.data_model(path=None, url="data:image/png;base64,@@"))
+
+
+@pytest.mark.parametrize("value", ["bogus", 5, None, ["fp32"]])
+def test_an_unknown_variant_is_one_readable_line(components, value):
+    _, _, variant = components
+    assert variant.preprocess("int8") == "int8"
+    message = _gradio_error(variant.preprocess, value)
+    assert message.startswith("unknown variant") and "fp32, int8" in message and "type" not in message

@@ -1,0 +1,173 @@
+"""The one door for what people send: every input is checked and decoded here, once, the same way
+for the app, the pipeline and anyone embedding the runtime.
+
+- images: uploads, sketch layers and composites, examples, training folders -> :func:`decode_image`
+- (audio, text prompts and generation settings get their function here when their tasks land)
+
+Everything that cannot be used is an :class:`InputError` with a message meant for people; nothing
+else escapes, whatever the bytes. Sizes are checked from the file's header before any pixel is
+decoded, so a small file that would decode to gigabytes is refused at the cost of reading its header.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve.bundle import BundleError
+
+Source = Union[str, Path, bytes, bytearray, memoryview]
+
+NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
+DAMAGED = "the image file is damaged or truncated; it cannot be decoded"
+# 16- and 32-bit samples (I;16, I, F) are scaled by the range their values use: the nominal range
+# of a mode says nothing reliable (Pillow itself converts L to I or I;16 keeping 0..255)
+_WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+# what Pillow says of odd files (corrupt EXIF, truncated TIFF tags, ...) becomes an InputError or
+# nothing; the limits below, not Pillow's bomb warning, decide what is too large
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class InputError(BundleError):
+    """An input that cannot be used (not an image, too large, damaged, empty, the wrong kind)."""
+
+
+@dataclass
+class Limits:
+    """What one request may send. ``python -m serve --max-side N`` changes the image limit; the
+    upload size is Gradio's ``max_file_size`` (``--max-upload``)."""
+
+    max_side: int = 4096  # pixels, the longer side of any image (4096^2 RGB is 50 MB decoded)
+    max_layers: int = 16  # images in one sketch value (background, layers, composite)
+    max_data_url: int = 16 << 20  # characters of a base64 ``data:`` URL (decoded: 3/4 of it)
+
+
+LIMITS = Limits()
+
+
+def image_size(source: Source, limits: Limits | None = None) -> tuple[int, int]:
+    """(width, height) read from the header alone, within the limits; anything else is an InputError."""
+    with _open(source) as im:
+        return _check_size(im, limits or LIMITS)
+
+
+def decode_image(source: Source, limits: Limits | None = None) -> np.ndarray:
+    """An image file (a path or its bytes) as uint8 (H, W, 3): the first frame, turned upright as its
+    EXIF says, every mode to RGB (1, L, P, LA, RGBA, CMYK, YCbCr, I;16, I, F, ...) and transparency
+    laid on white paper. Too large (checked before decoding), unreadable, damaged: an InputError."""
+    with _open(source) as im:
+        _check_size(im, limits or LIMITS)
+        try:
+            im.seek(0)
+            im.load()
+        except MemoryError:
+            raise InputError("the image is too large to decode on this server") from None
+        except Exception:  # noqa: BLE001 - every way a hostile or broken file fails means the same to a person
+            raise InputError(DAMAGED) from None
+        try:
+            im = ImageOps.exif_transpose(im) or im
+        except Exception:  # noqa: BLE001 - a broken orientation tag: the pixels as stored
+            pass
+        try:
+            return _to_rgb(im)
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError("the image is too large to decode on this server") from None
+        except Exception:  # noqa: BLE001 - every way a hostile or broken file fails means the same to a person
+            raise InputError(DAMAGED) from None
+
+
+def decode_data_url(url: str, limits: Limits | None = None) -> bytes:
+    """The bytes of a ``data:<type>;base64,<data>`` URL (how some clients send files inline)."""
+    limits = limits or LIMITS
+    if len(url) > limits.max_data_url:
+        raise InputError(f"the inline file is {len(url) >> 20} MB; at most {limits.max_data_url >> 20} MB")
+    head, sep, data = url.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        raise InputError("an inline file must be a base64 data: URL")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the inline file is not valid base64") from None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _open:
+    """``Image.open`` (header only) of a path or bytes, with every failure an InputError."""
+
+    def __init__(self, source: Source):
+        self.source = source
+
+    def __enter__(self):
+        src = self.source
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            src = io.BytesIO(bytes(src))
+        elif isinstance(src, (str, Path)):
+            if not Path(src).is_file():
+                raise InputError(f"no such file: {Path(src).name}")
+        else:
+            raise InputError(f"expected an image file, got {type(src).__name__}")
+        try:
+            self.im = Image.open(src)
+        except Image.DecompressionBombError:
+            raise InputError(f"the image is far larger than {LIMITS.max_side} pixels a side") from None
+        except (UnidentifiedImageError, OSError):
+            raise InputError(NOT_AN_IMAGE) from None
+        except Exception:  # noqa: BLE001 - a header parser tripping over hostile bytes
+            raise InputError(NOT_AN_IMAGE) from None
+        return self.im
+
+    def __exit__(self, *exc) -> None:
+        self.im.close()
+
+
+def _check_size(im: Any, limits: Limits) -> tuple[int, int]:
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise InputError(f"the image is {w}x{h} pixels: empty")
+    if max(w, h) > limits.max_side:
+        raise InputError(f"the image is {w}x{h} pixels; the largest side may be {limits.max_side}")
+    return w, h
+
+
+def _to_rgb(im: Any) -> np.ndarray:
+    if im.mode in _WIDE_MODES:
+        return _wide_to_rgb(np.asarray(im, dtype=np.float64), im.mode == "F")
+    if im.mode == "1":
+        im = im.convert("L")
+    if "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info or im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    try:
+        rgb = im.convert("RGB")
+    except ValueError:
+        raise InputError(f"images in colour mode {im.mode} are not supported; save it as RGB or greyscale") from None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def _wide_to_rgb(a: np.ndarray, is_float: bool) -> np.ndarray:
+    """16/32-bit integer or float samples (H, W) -> uint8 (H, W, 3), scaled by the range in use:
+    [0, 1] (float), [0, 255], [0, 65535], or the data's own maximum beyond that."""
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(a.max()) if a.size else 0.0
+    if is_float and top <= 1.0:
+        scale = 1.0 / 255.0
+    elif top <= 255.0:
+        scale = 1.0
+    elif top <= 65535.0:
+        scale = 257.0
+    else:
+        scale = top / 255.0
+    grey = np.clip(np.round(a / scale), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1))
