@@ -20,9 +20,9 @@ import torch
 from export.verify import TorchRunner
 from pipeline.config import load_file
 from pipeline.errors import PipelineError
-from pipeline.fileio import write_json
+from pipeline.fileio import remove_stale_temporaries, write_json
 from pipeline.tasks import get_task
-from pipeline.tasks.base import EvalSet, Graph, RunConfig, Task, resolve
+from pipeline.tasks.base import EvalSet, Graph, RunConfig, Task, build_model, resolve
 from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, load_weights
 from serve.bundle import CONFIG, MANIFEST, BundleError, read_manifest, sha256
 
@@ -138,6 +138,7 @@ def load_run(run_dir: str | Path, allow_older: bool = False) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PipelineError(f"run folder not found: {run_dir}")
+    tidy(run_dir)
     try:
         manifest = read_manifest(run_dir, allow_older=allow_older)
     except BundleError as e:
@@ -147,10 +148,19 @@ def load_run(run_dir: str | Path, allow_older: bool = False) -> Run:
     raw = load_file(run.check_file(CONFIG, "the run folder is damaged"))
     run.cfg = resolve(task, raw.get("preset", "quick"), raw)
     run.data = task.load_data(run.cfg)
-    model = task.build_model(run.cfg)
+    model = build_model(task, run.cfg)
     load_weights(model, run.check_file(CHECKPOINT, "retrain with `python -m pipeline train`"))
     run.model = model.eval()
     return run
+
+
+def tidy(run_dir: Path) -> None:
+    """What an interrupted stage left: temporary files of dead processes (the bundle itself was never
+    touched: every file is renamed into place whole)."""
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted stage: {', '.join(removed)}",
+              flush=True)
 
 
 def as_run(run: Run | str | Path, allow_older: bool = False) -> Run:

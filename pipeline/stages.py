@@ -30,11 +30,12 @@ from pipeline.card import benchmark_table, model_card
 from pipeline.config import load_file, to_dict
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, write_json, write_text
-from pipeline.run import TRAINED_FILES, Run, as_run, git_commit, metric_entry, now, versions
+from pipeline.run import TRAINED_FILES, Run, as_run, git_commit, metric_entry, now, tidy, versions
 from pipeline.tasks import get_task
-from pipeline.tasks.base import RunConfig, Task, resolve
+from pipeline.tasks.base import RunConfig, Task, build_model, resolve
 from pipeline.train import fit, read_metrics, setup_runtime
-from serve.bundle import CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, variant_file
+from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, sha256,
+                          variant_file)
 from serve.engine import EngineSession
 from serve.runtime import Bundle, OrtSession
 
@@ -94,6 +95,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
             raise PipelineError(f"cannot resume: {run_dir} is a finished run (its exports would no longer match "
                                 "its weights); start a new run instead")
         saved = run_dir / CONFIG
+        tidy(run_dir)
         if not saved.is_file():
             raise PipelineError(f"cannot resume: {saved} not found")
         base = load_file(saved)
@@ -117,7 +119,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         print(f"training {task.name}/{cfg.model_name} ({cfg.preset}) on {task.describe_data(dataset)} "
               f"on {rt.device}{f' x {rt.world_size} processes' if rt.distributed else ''} -> {run_dir}", flush=True)
     torch.manual_seed(cfg.train.seed)
-    model = task.build_model(cfg, dataset)
+    model = build_model(task, cfg, dataset)
     meta = {"task": task.name, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
     trained = fit(task.make_training_step(cfg), task.evaluate, model, task.dataset(dataset, "train", cfg),
                   task.dataset(dataset, "val", cfg), cfg.train, run_dir, meta, resume=resume is not None,
@@ -230,8 +232,21 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     run = as_run(run)
     _exported(run)
     m, metric = run.manifest, run.task.metric.name
-    sources = {g: run.check_file(f, "run `python -m pipeline export` first")
-               for g, f in graph_files(m, "fp32").items()}
+    export_hint = f"rerun `python -m pipeline export {run.dir}`"
+    sources = {g: run.check_file(f, export_hint) for g, f in graph_files(m, "fp32").items()}
+    for path in sources.values():  # intact but unusable (written by something else): nothing to build from
+        try:
+            OrtSession(path, name=path.name)
+        except Exception as e:  # noqa: BLE001 - any load failure has the same fix
+            raise PipelineError(f"{path} cannot be loaded by onnxruntime ({(str(e).splitlines() or [''])[0][:200]}); "
+                                f"{export_hint}") from None
+    asked = {"opt", *(["int8"] if int8 else []), *(["fp16"] if fp16 else []), *(["tensorrt"] if tensorrt else [])}
+    for variant in set(m["variants"]) - asked - {"fp32"}:  # kept as they are: they must still be what was judged
+        for f in graph_files(m, variant).values():
+            run.check_file(f, f"rebuild it with `python -m pipeline optimize {run.dir} --{variant}`, or restore it")
+    # accepted variants about to be rebuilt: a rebuild that fails keeps them (their files stay on disk)
+    earlier = {v: (dict(m["variants"][v]), graph_files(m, v), {f: dict(m["files"][f]) for f in graph_files(m, v).values()})
+               for v in asked if m["variants"].get(v, {}).get("status") == "accepted" and graph_files(m, v)}
 
     def make(variant: str, build: Builder, open_session, tag: str = "", **info) -> dict[str, Any]:
         """Build one file per graph, score the set with the task's loop, judge it against fp32."""
@@ -285,6 +300,15 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
 
         m["variants"]["tensorrt"] = make("tensorrt", build_engine, lambda p, n: EngineSession(p.read_bytes(), n),
                                          tag=engine_tag(gpu, version))
+    for variant, (entry, files, hashes) in earlier.items():
+        failed = m["variants"][variant]
+        if failed["status"] == "failed" and all((run.dir / f).is_file() and sha256(run.dir / f) == h["sha256"]
+                                                for f, h in hashes.items()):
+            m["variants"][variant] = {**entry, "rebuild_failed": failed.get("reason")}
+            for g, f in files.items():
+                m["graphs"][g]["files"][variant] = f
+            m["files"].update(hashes)
+            print(f"{variant}: the rebuild failed; the earlier accepted {variant} is kept", flush=True)
     _write_card(run)
     run.save()
     return m["variants"]

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, write_text
 
 # step(model, batch, device, generator) -> (loss, units in the batch: samples, tokens, ...)
 StepFn = Callable[[nn.Module, Any, torch.device, torch.Generator], tuple[torch.Tensor, int]]
@@ -297,8 +297,10 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
             generator.set_state(state["generators"][rt.rank])
     train_model = nn.parallel.DistributedDataParallel(model) if rt.distributed else model
     metrics_path = run_dir / METRICS
-    if rt.is_main and not resume:
-        metrics_path.write_text("")
+    if rt.is_main:
+        # resumed: the lines logged after the checkpoint are logged again as the steps are retrained
+        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step] if resume else []
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(record: dict) -> None:
         if rt.is_main:
@@ -365,7 +367,16 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The logged records; a line cut short by a kill is skipped."""
     path = run_dir / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -248,6 +248,8 @@ def resolve(task: Task, preset: str, *layers: dict[str, Any]) -> RunConfig:
         raw = merge(raw, layer)
     if raw.get("task", task.name) != task.name:
         raise PipelineError(f"config is for task {raw['task']!r}, not {task.name!r}")
+    if raw.get("preset", preset) not in PRESETS:
+        raise PipelineError(f"preset: expected one of {list(PRESETS)}, got {raw['preset']!r}")
     model_raw = dict(raw.get("model", {}))
     name = model_raw.pop("name", task.default_model)
     if name not in task.architectures:
@@ -264,6 +266,17 @@ def resolve(task: Task, preset: str, *layers: dict[str, Any]) -> RunConfig:
         benchmark=from_dict(task.BenchmarkConfig, raw.get("benchmark", {}), "benchmark"),
         inference=from_dict(task.InferenceConfig, raw.get("inference", {}), "inference"),
     )
+
+
+def build_model(task: Task, cfg: RunConfig, data: Any | None = None) -> nn.Module:
+    """``task.build_model``, with a model config that passes its types but not torch (a negative
+    width, a dropout of 5, sizes beyond memory) one clear error rather than torch's traceback."""
+    try:
+        return task.build_model(cfg, data)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise PipelineError(f"cannot build {cfg.model_name} from this model config ({first}); "
+                            f"check the model.* settings") from None
 
 
 def with_model_fields(cfg: RunConfig, **values) -> RunConfig:

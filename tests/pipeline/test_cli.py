@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from serve.bundle import sha256
 from tests.conftest import run_cli
 
 BUNDLE_FILES = {"config.json", "checkpoint.safetensors", "training_state.pt", "metrics.jsonl", "curves.png",
@@ -115,19 +116,34 @@ def _copy(bundle, tmp_path):
 
 
 def _listing(path):
-    return sorted((p.name, p.stat().st_size) for p in path.iterdir())
+    """Every file under ``path`` (hidden ones too) with its content hash."""
+    return sorted((str(p.relative_to(path)), sha256(p)) for p in path.rglob("*") if p.is_file())
+
+
+def _rehash(run, name):
+    """Make the manifest agree with ``name`` as it now is (a damage the hash check cannot see)."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": sha256(run / name), "bytes": (run / name).stat().st_size}
+    (run / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage,command,message", [
     ("delete checkpoint.safetensors", "export", "checkpoint.safetensors not found"),
     ("corrupt checkpoint.safetensors", "export", "checkpoint.safetensors is corrupt"),
-    ("delete model.onnx", "optimize", "model.onnx not found; run `python -m pipeline export` first"),
+    ("delete model.onnx", "optimize", "model.onnx not found; rerun `python -m pipeline export"),
     ("corrupt model.onnx", "optimize", "model.onnx is corrupt"),
     ("truncate model.onnx", "benchmark", "model.onnx is corrupt"),
     ("delete manifest.json", "export", "not a finished run"),
     ("manifest [1, 2]", "optimize", "expected a JSON object, got list"),
     ("none", "optimize --tensorrt", "--tensorrt: TensorRT is not installed"),
+    # another model's file swapped in for a variant that optimize does not rebuild
+    ("swap model.fp16.onnx", "optimize --int8", "model.fp16.onnx is corrupt or was changed after it was written "
+     "(sha256 mismatch); rebuild it with `python -m pipeline optimize"),
+    # damaged but matching its hash: nothing can be built from it, and export is the fix
+    ("unloadable model.onnx", "optimize", "model.onnx cannot be loaded by onnxruntime"),
+    ("unloadable model.onnx", "benchmark", "rerun `python -m pipeline export"),
+    ("manifest {\"schema_version\": 2, \"task\": \"classify\"}", "optimize", "manifest.json is damaged"),
 ])
 def test_damaged_bundle(capsys, smoke_bundle, tmp_path, damage, command, message):
     run = _copy(smoke_bundle, tmp_path)
@@ -142,10 +158,29 @@ def test_damaged_bundle(capsys, smoke_bundle, tmp_path, damage, command, message
         (run / "manifest.json").write_text(name)
     elif action == "truncate":
         (run / name).write_bytes((run / name).read_bytes()[:1000])
+    elif action == "swap":
+        (run / name).write_bytes((run / "model.onnx").read_bytes())
+    elif action == "unloadable":
+        (run / name).write_bytes((run / name).read_bytes()[:5000])
+        _rehash(run, name)
     before = _listing(run)
     cmd, *flags = command.split()
     assert message in _error(capsys, [cmd, str(run), *flags])
     assert _listing(run) == before, "a failed stage must leave the bundle as it was"
+
+
+@pytest.mark.parametrize("out", ["a-file", "a-file/below", "/proc/no-such-dir"])
+def test_an_unusable_out_folder_is_one_error_line(capsys, tmp_path, out):
+    (tmp_path / "a-file").write_text("x")
+    where = out if out.startswith("/") else str(tmp_path / out)
+    assert "cannot create the run folder" in _error(capsys, ["train", "classify", "--preset", "smoke", "--out", where])
+
+
+def test_one_class_folder_is_one_error_line(capsys, tmp_path):
+    (tmp_path / "only" / "cat").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "only" / "cat" / "x.png")
+    message = _error(capsys, ["train", "classify", "--data", str(tmp_path / "only"), "--out", str(tmp_path / "o")])
+    assert "one class folder ('cat'); a classifier needs at least two" in message
 
 
 def test_missing_run_folder(capsys, tmp_path):

@@ -132,3 +132,54 @@ def test_a_parity_bound_on_an_unmeasured_metric_breaks():
     from export.contract import Bound, check_parity
 
     assert check_parity({"a": 0.0}, (Bound("b", "<=", 1.0),)) == ["b was not measured, needs b <= 1"]
+
+
+@pytest.mark.slow
+def test_a_rebuild_that_fails_keeps_the_earlier_accepted_variant(bundle, monkeypatch, capsys):
+    before = read_manifest(bundle)
+    assert before["variants"]["fp16"]["status"] == "accepted"
+    kept = (bundle / "model.fp16.onnx").read_bytes()
+
+    def breaks(src, dst, graph, run):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setitem(stages.BUILDERS, "fp16", breaks)
+    stages.optimize(bundle, int8=False, fp16=True)
+    after = read_manifest(bundle)
+    assert after["variants"]["fp16"]["status"] == "accepted"
+    assert after["variants"]["fp16"]["rebuild_failed"].startswith("RuntimeError: out of memory")
+    assert after["graphs"]["model"]["files"]["fp16"] == "model.fp16.onnx"
+    assert after["files"]["model.fp16.onnx"] == before["files"]["model.fp16.onnx"]
+    assert (bundle / "model.fp16.onnx").read_bytes() == kept
+    assert "the earlier accepted fp16 is kept" in capsys.readouterr().out
+    from serve.runtime import Bundle
+
+    assert "fp16" in Bundle.open(bundle).variants()
+
+
+@pytest.mark.slow
+def test_kill_9_during_export_leaves_nothing_for_good(bundle):
+    """A stage killed outright leaves only its hidden temporary file; the next stage removes it and
+    the bundle is as it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "export", str(bundle)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while not list(bundle.glob(".model.onnx.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(bundle.glob(".*.tmp-*"))
+    assert left, "the export was not caught while writing (it finished or never started)"
+    assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file() and p not in left} == before
+    stages.benchmark(bundle)  # any later stage tidies up first
+    assert not list(bundle.rglob(".*.tmp-*"))

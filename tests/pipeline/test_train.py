@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from pipeline import stages
 from pipeline.errors import PipelineError
 from pipeline.tasks import classify
-from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, load_weights, lr_factor
+from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, load_weights, lr_factor, read_metrics
 
 
 def test_lr_schedule():
@@ -52,6 +52,9 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, sets, stop_at, evals
     monkeypatch.setattr(classify, "make_training_step", original)
     (partial,) = (tmp_path / "b" / "classify").iterdir()
     assert partial.name.endswith(".partial")
+    with (partial / METRICS).open("a") as f:
+        f.write('{"split": "train", "st')  # a line cut short by kill -9
+    (partial / ".checkpoint.safetensors.tmp-999999999").write_bytes(b"half")  # a dead process's temporary
     resumed = stages.train("classify", "smoke", out=tmp_path / "b", resume=partial).dir
     assert not partial.exists() and resumed.is_dir()
     a, b = load_file(whole / CHECKPOINT), load_file(resumed / CHECKPOINT)
@@ -67,6 +70,9 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, sets, stop_at, evals
     assert len(val) == evals
     if "steps" in sets["train"]:
         assert [r["step"] for r in val] == [3, 6, 9, 10]
+    # the log reads as one run: steps logged after the checkpoint are not repeated
+    assert [(r["split"], r["step"]) for r in read_metrics(resumed)] == [(r["split"], r["step"]) for r in read_metrics(whole)]
+    assert not list(resumed.glob(".*.tmp-*"))
 
 
 def test_checkpoint_errors(tmp_path):
