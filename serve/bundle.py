@@ -1,7 +1,8 @@
 """The bundle format: the one place that defines what a run folder holds and how it is read.
 
-Both sides import this module (pipeline writes bundles, serve reads them); it imports nothing but
-the standard library. A bundle is ``artifacts/<task>/<run>/`` with a ``manifest.json``:
+Both sides import this module (pipeline writes bundles, serve reads them); it imports the standard
+library and pydantic, whose models below are the one schema every manifest is checked against
+before anything uses it (``Manifest.model_json_schema()`` gives it as JSON Schema). A bundle is ``artifacts/<task>/<run>/`` with a ``manifest.json``:
 
     schema_version  SCHEMA_VERSION; older bundles are refused with the command that rebuilds them
     task, run, created, updated, preset, architecture, data
@@ -21,7 +22,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -85,9 +88,116 @@ def rebuild_command(run_dir: Path | str) -> str:
             f"&& python -m pipeline benchmark {run_dir}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The manifest's schema. Keys the runtime and the stages rely on are typed; the rest (versions,
+# benchmark summary, task-specific metrics) pass through. File names are bundle-relative paths that
+# cannot leave the bundle.
+
+_INSIDE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*(/[A-Za-z0-9_][A-Za-z0-9_.+\-]*)*")
+
+
+def _inside(name: str) -> str:
+    if len(name) > 255 or not _INSIDE.fullmatch(name):
+        raise ValueError(f"{name[:80]!r} is not a file name inside the bundle")
+    return name
+
+
+FileName = Annotated[str, AfterValidator(_inside)]
+DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class FileEntry(_Model):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Dim(_Model):
+    min: int = Field(ge=0)
+    opt: Union[int, None] = None
+    max: int = Field(ge=0)
+
+
+class Tensor(_Model):
+    name: str = Field(min_length=1)
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+    shape: list[Union[int, str]]
+    doc: str = ""
+
+
+class GraphIO(_Model):
+    inputs: list[Tensor] = Field(min_length=1)
+    outputs: list[Tensor] = Field(min_length=1)
+    dims: dict[str, Dim] = {}
+
+
+class GraphEntry(_Model):
+    io: GraphIO
+    files: dict[Literal[tuple(VARIANTS)], FileName]  # type: ignore[valid-type]
+
+
+class VariantEntry(_Model):
+    status: Literal["accepted", "rejected", "failed"]
+
+
+class MetricEntry(_Model):
+    name: str = Field(min_length=1)
+    direction: Literal["max", "min"]
+    tolerance: float = Field(ge=0, allow_inf_nan=False)
+    unit: str = ""
+    split: str = "test"
+
+
+class Manifest(_Model):
+    schema_version: Literal[SCHEMA_VERSION]  # type: ignore[valid-type]
+    task: str = Field(min_length=1)
+    run: str = ""
+    metric: MetricEntry
+    inference: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    graphs: dict[str, GraphEntry]
+    variants: dict[Literal[tuple(VARIANTS)], VariantEntry]  # type: ignore[valid-type]
+    metrics: dict[str, dict[str, Any]] = {}
+    parity: dict[str, dict[str, Any]] = {}
+    examples: list[FileName] = []
+    files: dict[FileName, FileEntry]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        listed = set(self.files)
+        for name, graph in self.graphs.items():
+            for variant, file in graph.files.items():
+                if file not in listed:
+                    raise ValueError(f"graph {name!r} names {file!r} for {variant}, but files does not list it")
+                if variant not in self.variants:
+                    raise ValueError(f"graph {name!r} has a {variant} file, but variants has no {variant!r} entry")
+            for spec in (*graph.io.inputs, *graph.io.outputs):
+                for axis in spec.shape:
+                    if isinstance(axis, int) and axis < 0:
+                        raise ValueError(f"graph {name!r}: {spec.name} has a negative size {axis}")
+        for example in self.examples:
+            if example not in listed:
+                raise ValueError(f"example {example!r} is not listed in files")
+        for variant, entry in self.variants.items():
+            value = (entry.model_extra or {}).get(self.metric.name)
+            if entry.status == "accepted" and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                raise ValueError(f"variants.{variant} is accepted without its {self.metric.name} value")
+        return self
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"] if p != "[key]")
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
 def read_manifest(run_dir: str | Path, allow_older: bool = False) -> dict[str, Any]:
-    """``run_dir/manifest.json``, checked: valid JSON, an object, the current schema (or an older
-    one with ``allow_older``, for the stage that rebuilds it), and the keys every bundle has."""
+    """``run_dir/manifest.json``, checked: valid JSON, an object of the current schema version (or an
+    older one with ``allow_older``, for the stage that rebuilds it), valid against :class:`Manifest`."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
     if not path.is_file():
@@ -106,24 +216,17 @@ def read_manifest(run_dir: str | Path, allow_older: bool = False) -> dict[str, A
             raise BundleError(f"{run_dir}: bundle schema {version} is older than {SCHEMA_VERSION}; rebuild it with "
                               f"`{rebuild_command(run_dir)}`")
         raise BundleError(f"{run_dir}: manifest schema {version!r} is not {SCHEMA_VERSION} (made by a newer version?)")
-    for key, kind in (("task", str), ("files", dict), ("graphs", dict), ("variants", dict), ("metric", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise BundleError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as e:
+        raise BundleError(f"{path} is damaged: {_first_error(e)}") from None
     return manifest
 
 
 def check_graphs(manifest: dict[str, Any], where: str) -> None:
-    """The exported part of a manifest (graphs and their files) is well formed."""
+    """A (schema-checked) manifest has exported graphs to serve."""
     if not manifest["graphs"]:
         raise BundleError(f"{where}: no graph has been exported; run `python -m pipeline export {where}`")
-    for name, graph in manifest["graphs"].items():
-        io = graph.get("io") if isinstance(graph, dict) else None
-        if not (isinstance(io, dict) and isinstance(io.get("inputs"), list) and isinstance(io.get("outputs"), list)
-                and isinstance(graph.get("files"), dict)):
-            raise BundleError(f"{where}: graph {name!r} in the manifest is damaged (no io/files)")
-        for variant, file in graph["files"].items():
-            if variant not in VARIANTS or not isinstance(file, str):
-                raise BundleError(f"{where}: graph {name!r} lists an unknown variant {variant!r}")
 
 
 def graph_files(manifest: dict[str, Any], variant: str) -> dict[str, str]:

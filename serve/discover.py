@@ -6,6 +6,7 @@ from pathlib import Path
 
 from serve.bundle import MANIFEST, BundleError, graph_files
 from serve.runtime import Bundle
+from serve.tasks import TABS
 
 
 def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[str, Bundle], list[str]]:
@@ -25,6 +26,12 @@ def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[
             continue
         try:
             bundle = Bundle.open(run_dir)
+            if bundle.task != task:
+                raise BundleError(f"{run_dir}: a {bundle.task!r} bundle in the {task!r} folder; move it to "
+                                  f"{root / bundle.task}")
+            if task not in TABS:
+                raise BundleError(f"{run_dir}: no tab serves task {task!r} (known: {', '.join(TABS)})")
+            TABS[task].check(bundle)
         except BundleError as e:
             problems.append(str(e))
             continue
@@ -41,7 +48,9 @@ def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[
 
 
 def _created(manifest: Path) -> str:
+    """Newest first by the manifest's creation time (a damaged one sorts last, then fails to open)."""
     try:
-        return json.loads(manifest.read_text()).get("created", "") + manifest.parent.name
-    except (OSError, json.JSONDecodeError):
+        created = json.loads(manifest.read_text()).get("created", "")
+    except (OSError, ValueError, AttributeError):
         return ""
+    return (created if isinstance(created, str) else "") + manifest.parent.name

@@ -92,12 +92,14 @@ class IOCheck:
             _check_shape(name, value.shape, axes)
 
     def check_outputs(self, outputs: dict[str, np.ndarray], what: str) -> None:
-        """The graph gave what the manifest says (names, ranks, fixed sizes): a swapped file does not."""
+        """The graph gave what the manifest says (names, dtypes, ranks, fixed sizes): a swapped file does not."""
         if len(outputs) != len(self.outputs):
             raise BundleError(f"{what} gave {len(outputs)} outputs; the manifest says {len(self.outputs)}")
-        for name, _, axes in self.outputs:
+        for name, dtype, axes in self.outputs:
             if name not in outputs:
                 raise BundleError(f"{what} has no output {name!r}; the manifest lists it")
+            if outputs[name].dtype != dtype:
+                raise BundleError(f"{what}: output {name} is {outputs[name].dtype}; the manifest says {dtype}")
             _check_shape(name, outputs[name].shape, axes, f"{what}: output ")
 
 

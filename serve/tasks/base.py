@@ -17,6 +17,10 @@ class TaskTab:
     title: ClassVar[str]  # the tab's label
     endpoints: ClassVar[tuple[str, ...]] = ()  # the API names its events register
 
+    def check(self, bundle: Bundle) -> None:
+        """Refuse (BundleError) a bundle whose task-specific ``info`` this tab cannot use; the
+        manifest's generic schema is already checked (serve.bundle.Manifest)."""
+
     def build(self, bundle: Bundle) -> None:
         raise NotImplementedError
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.bundle import BundleError
 from serve.inputs import InputError
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
@@ -37,7 +38,7 @@ def predict(bundle: Bundle, image: np.ndarray, variant: str = "fp32", top_k: int
     """uint8 (H, W, C) -> ({label: probability} of the top k, a line on latency and provider)."""
     pred = bundle.run({"image": image[None]}, variant)
     probs = pred.outputs["probs"][0]
-    labels = bundle.info.get("labels") or [str(i) for i in range(len(probs))]
+    labels = bundle.info["labels"]  # as many as probabilities: ClassifyTab.check and the I/O check
     order = np.argsort(probs)[::-1][:top_k]
     line = f"{pred.seconds * 1000:.2f} ms in the model ({bundle.describe(variant)})"
     return {labels[i]: float(probs[i]) for i in order}, line
@@ -47,6 +48,16 @@ class ClassifyTab(TaskTab):
     task = "classify"
     title = "Classify"
     endpoints = ("classify", "classify_sketch")
+
+    def check(self, bundle: Bundle) -> None:
+        labels = bundle.info.get("labels")
+        graph = bundle.manifest["graphs"].get("model")
+        outputs = {o.get("name"): o.get("shape") for o in graph["io"]["outputs"]} if graph else {}
+        probs = outputs.get("probs")
+        if probs is None or len(probs) != 2 or not isinstance(probs[1], int):
+            raise BundleError(f"{bundle.path}: not a classifier bundle (no graph 'model' with probs [batch, K])")
+        if not (isinstance(labels, list) and len(labels) == probs[1] and all(isinstance(x, str) for x in labels)):
+            raise BundleError(f"{bundle.path}: info.labels must be {probs[1]} class names, one per probability")
 
     def build(self, bundle: Bundle) -> None:
         """The tab's components and events (inside an open ``gr.Tab``)."""

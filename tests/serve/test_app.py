@@ -16,6 +16,21 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
+def test_a_16_bit_or_transparent_copy_gets_the_same_answer(client, served_bundle, tmp_path):
+    import json
+
+    manifest = json.loads((served_bundle / "manifest.json").read_text())
+    for name in manifest["examples"][:6]:
+        grey = np.asarray(Image.open(served_bundle / name).convert("L"))
+        Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16.png")
+        Image.fromarray(np.dstack([np.zeros(grey.shape + (3,), np.uint8), 255 - grey])).save(tmp_path / "rgba.png")
+        answers = [client.predict(handle_file(str(p)), "fp32", api_name="/classify")[0]
+                   for p in (served_bundle / name, tmp_path / "16.png", tmp_path / "rgba.png")]
+        assert answers[0]["label"] == answers[1]["label"] == answers[2]["label"]
+        assert answers[0]["confidences"][0]["confidence"] == pytest.approx(answers[1]["confidences"][0]["confidence"],
+                                                                        abs=1e-4)
+
+
 def test_held_out_digits_get_their_labels(client, served_bundle):
     import json
 
@@ -56,6 +71,16 @@ def test_bad_input_is_a_readable_message_and_serving_goes_on(client, app_url, tm
     Image.new("RGBA", (280, 280), (0, 0, 0, 0)).save(blank)
     _fails(client, {"background": None, "layers": [], "composite": handle_file(str(blank))}, "fp32",
            api_name="/classify_sketch", match="draw a digit first")
+    huge = tmp_path / "huge.png"  # 120 KB that would decode to 300 MB: refused from its header
+    Image.new("L", (10000, 10000), 255).save(huge)
+    for value in ({"background": None, "layers": [], "composite": handle_file(str(huge))},
+                  {"background": handle_file(str(huge)), "layers": [], "composite": handle_file(str(blank))}):
+        _fails(client, value, "fp32", api_name="/classify_sketch", match="the image is 10000x10000 pixels; the "
+               "largest side may be 4096")
+    for value in ("abc", [1, 2], 5, {"composite": "x"}):  # not a sketch at all
+        _fails(client, value, "fp32", api_name="/classify_sketch", match="the sketch could not be read")
+    _fails(client, handle_file(str(blank)), "bogus", api_name="/classify",
+           match="unknown variant 'bogus'; choose one of fp32")
     big = tmp_path / "big.png"  # over the 2 MB upload limit the test server was started with
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(big)
     with pytest.raises(ValueError, match="exceeds the maximum file size of 2097152 bytes"):

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -89,6 +90,10 @@ def test_outputs_are_checked_against_the_manifest(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="output probs: dimension 1 must be 3, got 10"):
         Bundle.open(bundle_copy).run({"image": np.zeros((1, 8, 8, 1), np.uint8)})
+    m["graphs"]["model"]["io"]["outputs"][0].update(shape=["batch", 10], dtype="float16")
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="output probs is float32; the manifest says float16"):
+        Bundle.open(bundle_copy).run({"image": np.zeros((1, 8, 8, 1), np.uint8)})
 
 
 def test_discovery_skips_broken_bundles(bundle_copy):
@@ -102,6 +107,20 @@ def test_discovery_skips_broken_bundles(bundle_copy):
     (newer / "manifest.json").write_text("{broken")
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle.open(newer)
+    (newer / "manifest.json").write_text("[1, 2]")  # valid JSON of the wrong shape
+    assert find_bundles(root)[0]["classify"].path == bundle_copy
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    for labels in (["a", "b"], "0123456789", None):  # what the classify tab cannot show
+        shutil.copytree(bundle_copy, newer, dirs_exist_ok=True)
+        (newer / "manifest.json").write_text(json.dumps({**manifest, "created": "9999", "info": {"labels": labels}}))
+        bundles, problems = find_bundles(root)
+        assert bundles["classify"].path == bundle_copy
+        assert any("info.labels must be 10 class names" in p for p in problems), problems
+    stray = root / "textgen" / "run"  # a bundle in another task's folder
+    shutil.copytree(bundle_copy, stray)
+    assert any("a 'classify' bundle in the 'textgen' folder" in p for p in find_bundles(root)[1])
+    shutil.rmtree(stray)
+    shutil.rmtree(newer)
     (bundle_copy / "model.onnx").write_bytes(b"")
     bundles, problems = find_bundles(root)
     assert bundles == {} and any("portable graphs are missing or damaged (model.onnx" in p for p in problems)
