@@ -8,10 +8,11 @@ from pathlib import Path
 
 from pipeline.tasks import TASKS
 from pipeline.tasks.base import PRESETS
+from serve.inputs import ArgumentParser
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description="The stages: train -> export -> optimize -> "
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m pipeline", description="The stages: train -> export -> optimize -> "
                                 "benchmark. Bad input ends with one 'error:' line and exit code 2.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -1,24 +1,35 @@
 """``python -m serve [ARTIFACTS_DIR]``: serve the newest bundle per task (or the named runs)."""
 from __future__ import annotations
 
-import argparse
 import gc
+from argparse import ArgumentTypeError
 import os
 import sys
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # serve.app turns Gradio's analytics off
 
+from serve.inputs import LIMITS, ArgumentParser  # noqa: E402
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
+    p = ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
     p.add_argument("artifacts", nargs="?", default="artifacts", help="artifacts folder (default: artifacts)")
     p.add_argument("--run", action="append", default=[], metavar="RUN",
                    help="serve this run (folder name or path) instead of the newest of its task (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--concurrency", type=int, default=8, help="requests run at once (default: 8)")
-    p.add_argument("--max-upload", default="10mb", help="largest upload (default: 10mb)")
+    p.add_argument("--concurrency", type=_positive, default=8, help="requests run at once (default: 8)")
+    p.add_argument("--max-upload", default="10mb", help="largest upload file (default: 10mb)")
+    p.add_argument("--max-side", type=_positive, default=LIMITS.max_side,
+                   help=f"largest image side in pixels, checked before decoding (default: {LIMITS.max_side})")
     args = p.parse_args(argv)
+    LIMITS.max_side = args.max_side
 
     from serve.app import MAKE_ONE, build_app
     from serve.discover import find_bundles

@@ -2,6 +2,7 @@
 for the app, the pipeline and anyone embedding the runtime.
 
 - images: uploads, sketch layers and composites, examples, training folders -> :func:`decode_image`
+- command lines (``python -m pipeline``, ``python -m serve``) -> :class:`ArgumentParser`
 - (audio, text prompts and generation settings get their function here when their tasks land)
 
 Everything that cannot be used is an :class:`InputError` with a message meant for people; nothing
@@ -10,8 +11,10 @@ decoded, so a small file that would decode to gigabytes is refused at the cost o
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
+import sys
 import io
 import warnings
 from dataclasses import dataclass
@@ -171,3 +174,11 @@ def _wide_to_rgb(a: np.ndarray, is_float: bool) -> np.ndarray:
         scale = top / 255.0
     grey = np.clip(np.round(a / scale), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error:`` line (exit 2), like every other bad input;
+    ``--help`` still shows the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

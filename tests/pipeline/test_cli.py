@@ -201,3 +201,12 @@ def test_real_process_exit_code(tmp_path):
     proc = run_cli("train", "classify", "--set", "model.widths=[1,2", "--out", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model.widths: expected a list")
+
+
+@pytest.mark.parametrize("argv", [[], ["--bogus"], ["train"], ["train", "classify", "--preset"], ["export"],
+                                  ["optimize", "run", "--int9"]])
+def test_usage_errors_are_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err

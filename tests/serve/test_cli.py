@@ -68,3 +68,13 @@ def test_port_in_use_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot serve on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("argv", [["--port", "abc"], ["--concurrency", "0"], ["--max-side", "-3"], ["--bogus"]])
+def test_usage_errors_are_one_line(capsys, argv):
+    from serve.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
