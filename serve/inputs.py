@@ -76,7 +76,8 @@ def decode_image(source: Source, limits: Limits | None = None) -> np.ndarray:
         except Exception:  # noqa: BLE001 - every way a hostile or broken file fails means the same to a person
             raise InputError(DAMAGED) from None
         try:
-            im = ImageOps.exif_transpose(im) or im
+            if im.getexif().get(0x0112, 1) != 1:  # stored rotated or mirrored (transposing copies)
+                im = ImageOps.exif_transpose(im)
         except Exception:  # noqa: BLE001 - a broken orientation tag: the pixels as stored
             pass
         try:
@@ -150,10 +151,12 @@ def _to_rgb(im: Any) -> np.ndarray:
     if im.mode == "1":
         im = im.convert("L")
     if "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info or im.mode in ("P", "PA"):
-        im = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+        im = im if im.mode == "RGBA" else im.convert("RGBA")  # (converting to the same mode copies)
+        paper = Image.new("RGB", im.size, (255, 255, 255))
+        paper.paste(im, mask=im.getchannel("A"))  # colour * alpha + white * (1 - alpha), in place
+        im = paper
     try:
-        rgb = im.convert("RGB")
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
     except ValueError:
         raise InputError(f"images in colour mode {im.mode} are not supported; save it as RGB or greyscale") from None
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
