@@ -129,6 +129,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except (ValueError, RecursionError) as e:  # a 5,000-digit number, lists nested 100,000 deep
+        raise PipelineError(f"--set value {text[:40]!r}... cannot be used: {type(e).__name__}") from None
 
 
 def parse_sets(items: typing.Sequence[str]) -> dict[str, Any]:
@@ -161,6 +163,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
             if not isinstance(data, dict):
                 raise PipelineError(f"config file {path}: expected a JSON object at the top")
             return data
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PipelineError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from None
+    except (ValueError, RecursionError, MemoryError) as e:  # TOML/JSON/UTF-8 errors, absurd nesting or numbers
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise PipelineError(f"config file {path} is not valid {path.suffix[1:].upper()}: {first}") from None
+    except OSError as e:
+        raise PipelineError(f"config file {path} cannot be read: {e.strerror}") from None
     raise PipelineError(f"config file {path}: use a .json or .toml file")

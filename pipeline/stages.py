@@ -34,8 +34,8 @@ from pipeline.run import TRAINED_FILES, Run, as_run, git_commit, metric_entry, n
 from pipeline.tasks import get_task
 from pipeline.tasks.base import RunConfig, Task, build_model, resolve
 from pipeline.train import fit, read_metrics, setup_runtime
-from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, sha256,
-                          variant_file)
+from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, safe_file_name,
+                          sha256, variant_file)
 from serve.engine import EngineSession
 from serve.runtime import Bundle, OrtSession
 
@@ -81,6 +81,26 @@ def _run_name(preset: str) -> str:
     return name
 
 
+# what a resumed run may change: how long it trains, how it logs, where it runs, and the later stages
+RESUMABLE_CHANGES = {"train.epochs", "train.steps", "train.eval_every", "train.log_every", "train.device",
+                     "optimize", "benchmark", "inference"}
+
+
+def _check_resumable(saved: RunConfig, asked: RunConfig, run_dir: Path) -> None:
+    """A resumed run continues the same model, data and optimizer: only RESUMABLE_CHANGES may differ."""
+    before, after = saved.to_dict(), asked.to_dict()
+    for section in after:
+        if section in RESUMABLE_CHANGES or not isinstance(after[section], dict):
+            continue
+        for key in sorted(set(before.get(section, {})) | set(after[section]), key=lambda k: (k != "name", k)):
+            old, new = before.get(section, {}).get(key), after[section].get(key)
+            if old != new and f"{section}.{key}" not in RESUMABLE_CHANGES:
+                raise PipelineError(f"cannot resume {run_dir} with {section}.{key}={json.dumps(new)} (it was "
+                                    f"{json.dumps(old)}): a resumed run keeps its model, data and optimizer; "
+                                    "only train.epochs/steps/eval_every/log_every/device and the optimize, "
+                                    "benchmark and inference settings may change. Start a new run instead")
+
+
 def train(task_name: str, preset: str = "quick", config_file: str | None = None, sets: dict | None = None,
           data: str | None = None, out: str | Path = "artifacts", resume: str | Path | None = None) -> Run:
     """Train a model into ``out/<task>/<run>``; returns the finished run, in memory."""
@@ -102,11 +122,14 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         if base.get("task") != task.name:
             raise PipelineError(f"cannot resume: {run_dir} is a {base.get('task')!r} run, not {task.name!r}")
         cfg = resolve(task, base["preset"], base, *layers)
+        _check_resumable(resolve(task, base["preset"], base), cfg, run_dir)
     else:
         cfg = resolve(task, preset, *layers)
     rt = setup_runtime(cfg.train)
     dataset = task.load_data(cfg)
     cfg = task.complete_config(cfg, dataset)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(task, cfg, dataset)  # before anything is written: a config torch refuses leaves no folder
     if resume is None:
         run_dir = Path(out) / task.name / (_run_name(cfg.preset) + PARTIAL)
         if rt.is_main:
@@ -118,8 +141,6 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         write_json(run_dir / CONFIG, cfg.to_dict())
         print(f"training {task.name}/{cfg.model_name} ({cfg.preset}) on {task.describe_data(dataset)} "
               f"on {rt.device}{f' x {rt.world_size} processes' if rt.distributed else ''} -> {run_dir}", flush=True)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(task, cfg, dataset)
     meta = {"task": task.name, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
     trained = fit(task.make_training_step(cfg), task.evaluate, model, task.dataset(dataset, "train", cfg),
                   task.dataset(dataset, "val", cfg), cfg.train, run_dir, meta, resume=resume is not None,
@@ -197,7 +218,10 @@ def export(run: Run | str | Path) -> dict[str, Path]:
         m["metrics"]["onnx_fp32"] = scores
         m["metrics"]["torch_served"] = task.score(reference, run.eval_sets[0].items, run.cfg)
         m["examples"] = []
-        for name, data in task.examples(run.data, run.cfg):
+        for index, (name, data) in enumerate(task.examples(run.data, run.cfg)):
+            name = safe_file_name(name)
+            if f"examples/{name}" in m["examples"]:
+                name = f"{index}_{name}"
             path = run.dir / "examples" / name
             path.parent.mkdir(exist_ok=True)
             with atomic_path(path) as t:

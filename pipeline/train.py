@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?|mps", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +185,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise PipelineError(f"checkpoint {path} is corrupt or does not match the config: {e}") from None
+        raise PipelineError(f"checkpoint {path} is corrupt or does not match the config: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
     if missing or unexpected:
         raise PipelineError(
             f"checkpoint {path} does not match the config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
@@ -201,7 +205,8 @@ def load_training_state(run_dir: Path, optimizer, model: nn.Module, ema: nn.Modu
             ema.load_state_dict(model.state_dict())  # the checkpoint holds the average
             model.load_state_dict(state["raw_weights"])
     except Exception as e:  # noqa: BLE001 - any unreadable state is the same user-facing problem
-        raise PipelineError(f"cannot resume: {path} is corrupt or from another config: {e}") from None
+        raise PipelineError(f"cannot resume: {path} is corrupt or from another config: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -1,6 +1,7 @@
 """``python -m serve [ARTIFACTS_DIR]``: serve the newest bundle per task (or the named runs)."""
 from __future__ import annotations
 
+import ctypes
 import gc
 from argparse import ArgumentTypeError
 import os
@@ -17,6 +18,17 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _return_freed_memory() -> None:
+    """glibc keeps freed buffers in its heaps for reuse, and raises its mmap threshold as large ones
+    are freed; with the threshold fixed at 1 MB, decoded images and model tensors are mapped and
+    unmapped, so the memory of a large request goes back to the system when it ends (Linux/glibc;
+    elsewhere nothing changes)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
     p.add_argument("artifacts", nargs="?", default="artifacts", help="artifacts folder (default: artifacts)")
@@ -30,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"largest image side in pixels, checked before decoding (default: {LIMITS.max_side})")
     args = p.parse_args(argv)
     LIMITS.max_side = args.max_side
+    _return_freed_memory()
 
     from serve.app import MAKE_ONE, build_app
     from serve.discover import find_bundles
@@ -57,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 20)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
     try:
-        app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload, show_error=True,
+        app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
+                   # what people did wrong is a gr.Error with its message (shown either way); anything
+                   # else is an internal failure whose text (paths, Python errors) stays in the log
+                   show_error=False,
                    quiet=True, footer_links=["api"], prevent_thread_lock=True)
     except OSError as e:
         print(f"error: cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}", file=sys.stderr)

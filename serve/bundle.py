@@ -103,6 +103,12 @@ def _inside(name: str) -> str:
 
 
 FileName = Annotated[str, AfterValidator(_inside)]
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` made a valid file name inside a bundle (a class called "a,b" or "é" names examples too)."""
+    stem = re.sub(r"[^A-Za-z0-9_.+\-]", "_", name).lstrip(".+-") or "file"
+    return stem[:200]
 DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64")
 
 
@@ -204,8 +210,10 @@ def read_manifest(run_dir: str | Path, allow_older: bool = False) -> dict[str, A
         raise BundleError(f"{run_dir} is not a finished run: {MANIFEST} not found")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, absurd nesting or numbers
+        raise BundleError(f"{path} is not valid JSON: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+    except OSError as e:
+        raise BundleError(f"{path} cannot be read: {e.strerror}") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} is damaged: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("schema_version")

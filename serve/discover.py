@@ -51,6 +51,6 @@ def _created(manifest: Path) -> str:
     """Newest first by the manifest's creation time (a damaged one sorts last, then fails to open)."""
     try:
         created = json.loads(manifest.read_text()).get("created", "")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return ""
     return (created if isinstance(created, str) else "") + manifest.parent.name

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import sys
 import io
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,9 +52,95 @@ class Limits:
     max_side: int = 4096  # pixels, the longer side of any image (4096^2 RGB is 50 MB decoded)
     max_layers: int = 16  # images in one sketch value (background, layers, composite)
     max_data_url: int = 16 << 20  # characters of a base64 ``data:`` URL (decoded: 3/4 of it)
+    pixels_at_once: int = 4096 * 4096  # decoded and in the model across all requests; see PixelBudget
+    wait_seconds: float = 60.0  # how long a request waits for that budget before it is refused
 
 
 LIMITS = Limits()
+
+
+class PixelBudget:
+    """How many image pixels are decoded or in a model at once, across every request: a large image
+    costs a few hundred MB while it is decoded and run, so eight at once would need gigabytes. A
+    request waits until its pixels fit (one larger than the whole budget runs alone); small ones
+    (a 280x280 sketch is 78,400 pixels) pass by the hundred."""
+
+    def __init__(self, limits: Limits):
+        self.limits, self.used = limits, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limits.pixels_at_once,
+                                       timeout=self.limits.wait_seconds):
+                raise InputError("the server is busy with other large images; try again in a moment")
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+BUDGET = PixelBudget(LIMITS)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image whose header has been checked (readable, within the size limit) and whose pixels are
+    not decoded yet: decoding waits for :data:`BUDGET` (see :func:`decoded`)."""
+
+    source: Any  # a path or the file's bytes
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, source: Source) -> "Picture":
+        w, h = image_size(source)
+        return cls(bytes(source) if isinstance(source, (bytearray, memoryview)) else source, w, h)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def decode(self) -> np.ndarray:
+        return decode_image(self.source)
+
+
+@contextmanager
+def decoded(values: Sequence[Any]) -> Iterator[list[Any]]:
+    """``values`` with every :class:`Picture` (also inside dicts and lists) decoded to uint8 (H, W, 3),
+    holding the pixel budget until the block ends (the model has run)."""
+    pictures: list[Picture] = []
+
+    def find(v: Any) -> None:
+        if isinstance(v, Picture):
+            pictures.append(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                find(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                find(x)
+
+    def swap(v: Any) -> Any:
+        if isinstance(v, Picture):
+            return v.decode()
+        if isinstance(v, dict):
+            return {k: swap(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(swap(x) for x in v)
+        return v
+
+    for v in values:
+        find(v)
+    if not pictures:
+        yield list(values)
+        return
+    with BUDGET.hold(sum(p.pixels for p in pictures)):
+        yield [swap(v) for v in values]
 
 
 def image_size(source: Source, limits: Limits | None = None) -> tuple[int, int]:

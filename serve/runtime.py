@@ -43,6 +43,10 @@ class OrtSession:
         opts.log_severity_level = 3
         # a server runs many small requests side by side: idle ORT threads must sleep, not spin
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no CPU arena: a large input (a 4000x4000 upload) would grow it for good (580 MB after one
+        # request, 3.8 GB after 8 at once); without it memory returns after the request. Measured
+        # on the smoke LeNet: 71 vs 71 us at 28x28, 1.00 vs 1.00 ms at 280x280 (median of 2,000).
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)

@@ -95,6 +95,9 @@ def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
                 labels.append(i)
     if not files:
         raise PipelineError(f"image folder {root} has no images in its class folders {classes}")
+    empty = [name for i, name in enumerate(classes) if i not in set(labels)]
+    if empty:
+        raise PipelineError(f"class folder {root / empty[0]} has no images; add some or remove the folder")
     if len(classes) < 2:
         raise PipelineError(f"image folder {root} has one class folder ({classes[0]!r}); a classifier needs at "
                             f"least two: {root}/<class>/<image files>, one folder per class")

@@ -64,6 +64,8 @@ class BenchmarkConfig:
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.seconds > 0 or self.min_runs < 1:
             raise ValueError("batch_sizes must be >= 1 (at least one), seconds > 0 and min_runs >= 1")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: all cores), got {self.threads}")
 
 
 @dataclass
@@ -248,8 +250,8 @@ def resolve(task: Task, preset: str, *layers: dict[str, Any]) -> RunConfig:
         raw = merge(raw, layer)
     if raw.get("task", task.name) != task.name:
         raise PipelineError(f"config is for task {raw['task']!r}, not {task.name!r}")
-    if raw.get("preset", preset) not in PRESETS:
-        raise PipelineError(f"preset: expected one of {list(PRESETS)}, got {raw['preset']!r}")
+    if raw.get("preset", preset) != preset:  # a saved config names the preset it was resolved with
+        raise PipelineError(f"preset {raw['preset']!r} in a config: choose the preset with --preset")
     model_raw = dict(raw.get("model", {}))
     name = model_raw.pop("name", task.default_model)
     if name not in task.architectures:

@@ -41,6 +41,8 @@ class DataConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not (0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if self.split_seed < 0:
+            raise ValueError(f"split_seed must be >= 0, got {self.split_seed}")
 
 
 PRESETS = {  # smoke / quick / full

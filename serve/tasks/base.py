@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar
 
 from serve.bundle import BundleError
-from serve.inputs import LIMITS, InputError, decode_data_url, decode_image, image_size
+from serve.inputs import LIMITS, InputError, Picture, decode_data_url, decoded, image_size
 from serve.runtime import Bundle
 
 
@@ -32,11 +32,13 @@ def _readable(error: BundleError) -> Exception:
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """An event handler whose BundleErrors reach people as one readable message, not a traceback."""
+    """An event handler that gets its images decoded (within the pixel budget, held until it returns)
+    and whose BundleErrors reach people as one readable message, not a traceback."""
 
     def run(*args):
         try:
-            return fn(*args)
+            with decoded(args) as values:
+                return fn(*values)
         except BundleError as e:
             raise _readable(e) from None
 
@@ -93,14 +95,15 @@ def _file_source(file: Any) -> str | bytes:
 
 
 def image_input(component: Any, unreadable: str) -> None:
-    """An image component whose events get uint8 (H, W, 3), decoded by :func:`serve.inputs.decode_image`."""
-    _checked(component, lambda payload: decode_image(_file_source(payload)), unreadable)
+    """An image component whose events get a header-checked :class:`serve.inputs.Picture`, which
+    :func:`guarded` decodes (:func:`serve.inputs.decode_image`) to uint8 (H, W, 3) for the handler."""
+    _checked(component, lambda payload: Picture.of(_file_source(payload)), unreadable)
 
 
 def sketch_input(component: Any, unreadable: str) -> None:
-    """A Sketchpad / ImageEditor whose events get ``{"composite": uint8 (H, W, 3) | None}``: every
-    image of the value (background, layers, composite) is size-checked from its header, then only
-    the composite, the drawing as seen, is decoded."""
+    """A Sketchpad / ImageEditor whose events get ``{"composite": Picture | None}`` (uint8 (H, W, 3)
+    once :func:`guarded` decodes it): every image of the value (background, layers, composite) is
+    size-checked from its header; only the composite, the drawing as seen, is decoded."""
 
     def preprocess(payload: Any) -> dict[str, Any]:
         data = payload
@@ -113,7 +116,7 @@ def sketch_input(component: Any, unreadable: str) -> None:
             raise InputError(f"the sketch has {len(images) + 1} images; at most {LIMITS.max_layers}")
         for image in images:
             image_size(_file_source(image))
-        return {"composite": None if composite is None else decode_image(_file_source(composite))}
+        return {"composite": None if composite is None else Picture.of(_file_source(composite))}
 
     _checked(component, preprocess, unreadable)
 

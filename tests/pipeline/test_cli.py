@@ -92,6 +92,9 @@ def _error(capsys, argv):
     (["train", "classify", "--config", "missing.toml"], "config file not found"),
     (["train", "classify", "--preset", "huge"], "unknown preset 'huge'; known: smoke, quick, full"),
     (["train", "classify", "--set", "train=5"], "train: expected a table of settings"),
+    (["train", "classify", "--set", "model.name=vit", "--set", "model.num_heads=3"], "cannot build vit"),
+    (["train", "classify", "--set", "model.image_size=100000"], "image_size must be <= 512"),
+    (["train", "classify", "--set", "train.device=meta"], "device must be auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_bad_training_input(capsys, tmp_path, argv, message):
     assert message in _error(capsys, argv + ["--out", str(tmp_path / "out")])
@@ -210,3 +213,47 @@ def test_usage_errors_are_one_line(capsys, argv):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
+
+
+@pytest.mark.slow
+def test_a_resume_that_would_change_the_model_data_or_optimizer_is_refused(capsys, tmp_path):
+    from pipeline import stages
+
+    finished = stages.train("classify", "smoke", sets={"train": {"epochs": 1}}, out=tmp_path).dir
+    partial = finished.with_name(finished.name + ".partial")
+    finished.rename(partial)
+    (partial / "manifest.json").unlink()  # as an interrupted run leaves it
+    before = _listing(partial)
+    for change in ("model.hidden=32", "train.optimizer=sgd", "train.lr=0.5", "data.split_seed=3",
+                   "model.name=mlp"):
+        message = _error(capsys, ["train", "classify", "--resume", str(partial), "--set", change])
+        assert f"cannot resume {partial} with {change.split('=')[0]}" in message, message
+        assert _listing(partial) == before
+    (tmp_path / "other").mkdir()
+    assert "cannot resume" in _error(capsys, ["train", "classify", "--resume", str(partial), "--data",
+                                              str(tmp_path / "other")])
+    assert main(["train", "classify", "--resume", str(partial), "--set", "train.epochs=2"]) == 0
+    assert not partial.exists() and finished.is_dir()
+
+
+@pytest.mark.slow
+def test_class_names_people_use_make_a_servable_bundle(tmp_path):
+    """Class folders named with spaces, commas or accents: the bundle's example files still have
+    names a bundle may hold, and the app serves it."""
+    from pipeline import stages
+    from serve.discover import find_bundles
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["cat dog", "a,b", "é"]):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.full((8, 8), 255, np.uint8)
+            pixels[:, c * 2: c * 2 + 3] = rng.integers(0, 60, (8, 3))
+            Image.fromarray(pixels).save(tmp_path / "d" / name / f"{i}.png")
+    run = stages.run_all("classify", "smoke", data=str(tmp_path / "d"), out=tmp_path / "out",
+                         sets={"benchmark": {"seconds": 0.01, "batch_sizes": [1]}})
+    bundles, problems = find_bundles(tmp_path / "out")
+    assert "classify" in bundles and not problems, problems
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["info"]["labels"] == ["a,b", "cat dog", "é"]
+    assert all((run / name).is_file() for name in manifest["examples"])

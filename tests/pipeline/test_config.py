@@ -46,7 +46,18 @@ def test_switching_architecture_drops_the_presets_fields():
     (["optimize.max_drop=-1"], "max_drop a finite number >= 0"),
     (["model.name=mlp", "model.dropout=NaN"], "model.dropout: must be a finite number, got nan"),
     (["benchmark.seconds=1e999"], "benchmark.seconds: must be a finite number, got inf"),
-    (["preset=NaN"], "preset: expected one of ['smoke', 'quick', 'full'], got nan"),
+    (["preset=NaN"], "preset nan in a config: choose the preset with --preset"),
+    (["preset=full"], "preset 'full' in a config: choose the preset with --preset"),
+    (["train.device=bogus"], "device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
+    (["train.device=cuda:abc"], "device must be auto, cpu, cuda, cuda:N or mps"),
+    (["data.split_seed=-1"], "split_seed must be >= 0"),
+    (["benchmark.threads=-1"], "threads must be >= 0"),
+    (["model.name=lenet", "model.channels=[0,0]"], "channels must be >= 1, got (0, 0)"),
+    (["model.name=mlp", "model.hidden=[0]"], "hidden must be >= 1"),
+    (["model.name=mlp", "model.dropout=2"], "dropout must be in [0, 1), got 2.0"),
+    (["model.image_size=100000"], "image_size must be <= 512"),
+    (["x=" + "[" * 100000], "cannot be used: RecursionError"),
+    (["train.epochs=" + "9" * 5000], "cannot be used: ValueError"),
     (["inference.top_k=3"], "unknown key 'inference.top_k'"),
 ])
 def test_bad_overrides_are_one_clear_error(sets, message):
@@ -55,8 +66,8 @@ def test_bad_overrides_are_one_clear_error(sets, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("sets", [["model.name=mlp", "model.dropout=5"], ["model.widths=[-1,2,3]"],
-                                  ["model.name=mlp", "model.hidden=[-5]"]])
+@pytest.mark.parametrize("sets", [["model.name=vit", "model.num_heads=3"], ["model.name=mlp", "model.act=tanh"],
+                                  ["model.widths=[8,16]"]])
 def test_model_configs_torch_refuses_are_one_clear_error(sets):
     from pipeline.tasks.base import build_model
 

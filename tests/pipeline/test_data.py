@@ -60,6 +60,13 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(root, 1, 8)
 
 
+def test_an_empty_class_folder_is_refused(tmp_path):
+    root = _folder(tmp_path / "f")
+    (root / "bird").mkdir()
+    with pytest.raises(PipelineError, match=r"class folder .*bird has no images"):
+        load_image_folder(root, 1, 8)
+
+
 def test_one_class_is_not_a_classification(tmp_path):
     with pytest.raises(PipelineError, match="one class folder.*'cat'.*at least two"):
         load_image_folder(_folder(tmp_path / "one", classes=("cat",)), 1, 8)

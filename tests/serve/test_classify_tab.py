@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.inputs import InputError
+from serve.inputs import InputError, decoded
 
 
 def test_sketch_is_cropped_to_its_ink_and_squared():
@@ -69,8 +69,10 @@ def test_sketch_layers_are_size_checked_and_the_composite_decoded(components, tm
     ink[10:50, 28:32] = [0, 0, 0, 255]
     drawing = _file(tmp_path, "c.png", Image.fromarray(ink))
     value = sketch.preprocess(EditorData(background=None, layers=[drawing], composite=drawing))
-    assert set(value) == {"composite"} and value["composite"].shape == (60, 60, 3)
-    assert (value["composite"][0, 0] == 255).all() and (value["composite"][20, 30] == 0).all()
+    assert set(value) == {"composite"} and (value["composite"].width, value["composite"].height) == (60, 60)
+    with decoded([value]) as (value,):
+        assert value["composite"].shape == (60, 60, 3)
+        assert (value["composite"][0, 0] == 255).all() and (value["composite"][20, 30] == 0).all()
     huge = _file(tmp_path, "huge.png", Image.new("L", (10000, 10000), 255))
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels decoded"))
     for payload in (EditorData(composite=huge), EditorData(layers=[huge], composite=drawing)):
@@ -88,8 +90,8 @@ def test_uploads_are_decoded_by_the_one_function(components, tmp_path):
 
     _, upload, _ = components
     wide = Image.fromarray((np.full((20, 20), 40000, np.uint16)))  # 16-bit grey
-    out = upload.preprocess(_file(tmp_path, "w.png", wide))
-    assert out.dtype == np.uint8 and (out == round(40000 / 257)).all()
+    with decoded([upload.preprocess(_file(tmp_path, "w.png", wide))]) as (out,):
+        assert out.dtype == np.uint8 and (out == round(40000 / 257)).all()
     (tmp_path / "t.png").write_text("text")
     assert "not an image" in _gradio_error(upload.preprocess, FileData(path=str(tmp_path / "t.png")))
     assert "base64" in _gradio_error(upload.preprocess, upload.data_model(path=None, url="data:image/png;base64,@@"))

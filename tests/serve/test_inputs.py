@@ -163,3 +163,39 @@ def test_any_bytes(noise, magic):
     except InputError:
         return
     assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+
+
+def test_the_pixel_budget_lets_small_images_share_and_large_ones_wait(monkeypatch):
+    import threading
+    import time
+
+    from serve.inputs import BUDGET, Picture, decoded
+
+    monkeypatch.setattr(LIMITS, "pixels_at_once", 1000)
+    small, large = Picture(encode(L), 30, 40), Picture(encode(L), 30, 40)  # 1,200 pixels: over the budget
+    order = []
+
+    def run(name, picture, hold):
+        with decoded([picture]) as (image,):
+            order.append((name, "in", BUDGET.used))
+            time.sleep(hold)
+            assert image.shape == (40, 30, 3)
+        order.append((name, "out"))
+
+    first = threading.Thread(target=run, args=("first", large, 0.3))
+    first.start()
+    time.sleep(0.05)
+    second = threading.Thread(target=run, args=("second", small, 0))
+    second.start()
+    first.join()
+    second.join()
+    assert order == [("first", "in", 1200), ("first", "out"), ("second", "in", 1200), ("second", "out")]
+    assert BUDGET.used == 0
+    monkeypatch.setattr(LIMITS, "wait_seconds", 0.05)
+    with decoded([large]):
+        errors = []
+        t = threading.Thread(target=lambda: errors.append(pytest.raises(InputError, decoded([small]).__enter__)))
+        t.start()
+        t.join()
+        assert "busy" in str(errors[0].value)
+    assert BUDGET.used == 0
