@@ -51,8 +51,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     ramp = (np.arange(4096) // 16).astype(np.uint8)
     rgba = np.dstack([np.add.outer(ramp, ramp)] * 3 + [np.full((4096, 4096), 200, np.uint8)])  # compresses to ~1 MB
-    files = {"huge.png": png(Image.new("L", (10000, 10000), 255)), "grey4000.png": png(Image.new("L", (4000, 4000), 200)),
-             "rgba4096.png": png(Image.fromarray(rgba))}
+    files = {"huge.png": png(Image.new("L", (10000, 10000), 255)),
+             "grey4000.png": png(Image.new("L", (4000, 4000), 200)), "rgba4096.png": png(Image.fromarray(rgba))}
     for name, data in files.items():
         (tmp / name).write_bytes(data)
     port = free_port()
@@ -63,8 +63,9 @@ def main() -> None:
     try:
         wait_ready(url, proc)
         print(f"idle: {rss_mb(proc.pid)} MB")
-        print(f"| case | clients | peak MB | after MB | answers |\n| --- | ---: | ---: | ---: | --- |")
-        for name, api in (("huge.png", "/classify_sketch"), ("grey4000.png", "/classify"), ("rgba4096.png", "/classify")):
+        print("| case | clients | peak MB | after MB | answers |\n| --- | ---: | ---: | ---: | --- |")
+        cases = (("huge.png", "/classify_sketch"), ("grey4000.png", "/classify"), ("rgba4096.png", "/classify"))
+        for name, api in cases:
             peak, stop, answers = [0], [False], []
 
             def watch():

@@ -269,8 +269,10 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
         for f in graph_files(m, variant).values():
             run.check_file(f, f"rebuild it with `python -m pipeline optimize {run.dir} --{variant}`, or restore it")
     # accepted variants about to be rebuilt: a rebuild that fails keeps them (their files stay on disk)
-    earlier = {v: (dict(m["variants"][v]), graph_files(m, v), {f: dict(m["files"][f]) for f in graph_files(m, v).values()})
-               for v in asked if m["variants"].get(v, {}).get("status") == "accepted" and graph_files(m, v)}
+    earlier = {}
+    for v in asked:
+        if m["variants"].get(v, {}).get("status") == "accepted" and (files := graph_files(m, v)):
+            earlier[v] = (dict(m["variants"][v]), files, {f: dict(m["files"][f]) for f in files.values()})
 
     def make(variant: str, build: Builder, open_session, tag: str = "", **info) -> dict[str, Any]:
         """Build one file per graph, score the set with the task's loop, judge it against fp32."""

@@ -2,7 +2,8 @@
 
 Both sides import this module (pipeline writes bundles, serve reads them); it imports the standard
 library and pydantic, whose models below are the one schema every manifest is checked against
-before anything uses it (``Manifest.model_json_schema()`` gives it as JSON Schema). A bundle is ``artifacts/<task>/<run>/`` with a ``manifest.json``:
+before anything uses it (``Manifest.model_json_schema()`` gives it as JSON Schema). A bundle is
+``artifacts/<task>/<run>/`` with a ``manifest.json``:
 
     schema_version  SCHEMA_VERSION; older bundles are refused with the command that rebuilds them
     task, run, created, updated, preset, architecture, data
