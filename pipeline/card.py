@@ -3,31 +3,31 @@ from __future__ import annotations
 
 import json
 
-from serve.bundle import graph_files
+from serve.bundle import graph_files, metric_columns, shown
 
 
-def benchmark_table(rows: list[dict], axes: list[str], metric: str, unit: str) -> str:
-    head = ["backend", *axes, "median ms", "p90 ms", f"{unit}/s", metric]
+def benchmark_table(rows: list[dict], axes: list[str], columns: list[tuple[str, str]], unit: str) -> str:
+    """Markdown: a row per backend and case; ``columns`` (title, row key) are the metric on each scored set."""
+    head = ["backend", *axes, "median ms", "p90 ms", f"{unit}/s", *(t for t, _ in columns)]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for r in rows:
-        value = f"{r[metric]:.4g}" if isinstance(r.get(metric), (int, float)) else "-"
         cells = [r["backend"], *(str(r[a]) for a in axes), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                 f"{r['throughput']:,.0f}" if r["throughput"] >= 100 else f"{r['throughput']:.1f}", value]
+                 f"{r['throughput']:,.0f}" if r["throughput"] >= 100 else f"{r['throughput']:.1f}",
+                 *(shown(r.get(key)) for _, key in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
 
 
 def model_card(manifest: dict, usage: str) -> str:
     """MODEL_CARD.md: what it is, its data, graphs, metrics, and ``usage`` with plain onnxruntime."""
     metric = manifest["metric"]
     name, unit = metric["name"], metric.get("unit", "")
+    columns = metric_columns(manifest)
     rows = []
     for variant, v in manifest["variants"].items():
-        value = v.get(name)
-        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        values = " | ".join(shown(v.get(key)) for _, key in columns)
         files = ", ".join(f"`{f}`" for f in graph_files(manifest, variant).values()) or "-"
-        rows.append(f"| {variant} | {files} | {shown} | {v['status']}{': ' + v['reason'] if v.get('reason') else ''} |")
+        rows.append(f"| {variant} | {files} | {values} | {v['status']}{': ' + v['reason'] if v.get('reason') else ''} |")
     graphs = []
     for g, spec in manifest["graphs"].items():
         io = spec["io"]
@@ -58,10 +58,10 @@ Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
 ## Metrics ({name} on {manifest.get('parity', {}).get(metric.get('split'), {}).get('description', 'the held-out set')}{', ' + unit if unit else ''})
 
 PyTorch: {torch_metric if torch_metric is None else f'{torch_metric:.4g}'}. A variant is rejected when it loses
-more than {tolerance}{unit} against fp32.
+more than {tolerance}{unit} against fp32 on any of these sets.
 
-| variant | files | {name} | status |
-| --- | --- | --- | --- |
+| variant | files | {' | '.join(t for t, _ in columns)} | status |
+| --- | --- |{' ---: |' * len(columns)} --- |
 {chr(10).join(rows)}
 
 Parity of the exported graphs against PyTorch, running the served computation:

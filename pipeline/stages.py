@@ -34,8 +34,8 @@ from pipeline.run import TRAINED_FILES, Run, as_run, git_commit, metric_entry, n
 from pipeline.tasks import get_task
 from pipeline.tasks.base import RunConfig, Task, build_model, resolve
 from pipeline.train import fit, read_metrics, setup_runtime
-from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, safe_file_name,
-                          sha256, variant_file)
+from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, metric_columns,
+                          safe_file_name, sha256, shown, variant_file)
 from serve.engine import EngineSession
 from serve.runtime import Bundle, OrtSession
 
@@ -176,17 +176,17 @@ def _exported(run: Run) -> None:
 
 def _verify(run: Run, runners: dict[str, Any], what: str) -> tuple[dict[str, dict], Any]:
     """Loop-level parity of ``runners`` against the torch modules on every eval set, gated by the
-    graphs' parity bounds; returns the measured values per set, and torch's outputs on the scored set."""
+    graphs' parity bounds; returns the measured values and torch's outputs, per set."""
     bounds = tuple(dict.fromkeys(b for g in run.graphs.values() for b in g.contract.parity))
-    results, references = {}, []
+    results, references = {}, {}
     for es in run.eval_sets:
         reference = run.task.infer(run.torch_runners, es.items, run.cfg)
         candidate = run.task.infer(runners, es.items, run.cfg)
         measured = run.task.parity(reference, candidate)
         gate(measured, bounds, f"{what} on {es.description}")
         results[es.name] = {**measured, "description": es.description, "samples": es.samples}
-        references.append(reference)
-    return results, references[0]
+        references[es.name] = reference
+    return results, references
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def export(run: Run | str | Path) -> dict[str, Path]:
                  graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}}
                          for g, graph in graphs.items()})
         m["metrics"]["onnx_fp32"] = scores
-        m["metrics"]["torch_served"] = task.score(reference, run.eval_sets[0].items, run.cfg)
+        m["metrics"]["torch_served"] = run.scores(reference)
         m["examples"] = []
         for index, (name, data) in enumerate(task.examples(run.data, run.cfg)):
             name = safe_file_name(name)
@@ -255,7 +255,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
         raise PipelineError(f"--tensorrt: {reason}")
     run = as_run(run)
     _exported(run)
-    m, metric = run.manifest, run.task.metric.name
+    m = run.manifest
     export_hint = f"rerun `python -m pipeline export {run.dir}`"
     sources = {g: run.check_file(f, export_hint) for g, f in graph_files(m, "fp32").items()}
     for path in sources.values():  # intact but unusable (written by something else): nothing to build from
@@ -297,9 +297,9 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
                 run.record(f)
         m["variants"][variant] = entry
         run.save()  # the files renamed into place are listed before anything else can fail
-        shown = f"{entry[metric]:.4g}" if metric in entry else "-"
         label = variant + (f" ({info['mode']})" if "mode" in info else "")
-        print(f"{label:16s} {entry['status']:9s} {metric} {shown}  {entry.get('reason', '')}", flush=True)
+        values = "  ".join(f"{key} {shown(entry.get(key))}" for _, key in metric_columns(m))
+        print(f"{label:16s} {entry['status']:9s} {values}  {entry.get('reason', '')}", flush=True)
         return entry
 
     def ort_session(path: Path, name: str) -> OrtSession:
@@ -315,7 +315,8 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
             if attempts[-1]["status"] == "accepted":
                 break
         m["variants"]["int8"] = {**attempts[-1], "attempts": [
-            {k: a.get(k) for k in ("mode", "status", metric, "reason") if k in a} for a in attempts]}
+            {k: a.get(k) for k in ("mode", "status", *(key for _, key in metric_columns(m)), "reason") if k in a}
+            for a in attempts]}
     if fp16:
         m["variants"]["fp16"] = make("fp16", BUILDERS["fp16"], ort_session)
     if tensorrt:
@@ -364,17 +365,19 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             if f in bundle.bad_files:
                 raise PipelineError(f"{run.dir / f} is corrupt or was changed after it was written "
                                     f"({bundle.bad_files[f]}); {rebuild(variant)}")
-    torch_metric = m["metrics"].get("torch_served", m["metrics"].get("torch", {})).get(metric)
+    columns = metric_columns(m)
+    torch_served = m["metrics"].get("torch_served", m["metrics"].get("torch", {}))
+    torch_metric = {key: torch_served.get(key) for _, key in columns}
     device = "cuda" if torch.cuda.is_available() else "cpu"  # beside ORT's CUDA provider where there is one
     torch_runners = {g: TorchRunner(graph.module, graph.contract, device) for g, graph in run.graphs.items()}
-    backends: dict[str, tuple[dict[str, Any], float | None]] = {"torch eager": (torch_runners, torch_metric)}
+    backends: dict[str, tuple[dict[str, Any], dict]] = {"torch eager": (torch_runners, torch_metric)}
     for variant in bundle.variants():
         try:
             runners = bundle.runners(variant)
         except BundleError as e:
             raise PipelineError(f"{run.dir}: {e}; {rebuild(variant)}") from None
         name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
-        backends[name] = (runners, m["variants"][variant].get(metric))
+        backends[name] = (runners, {key: m["variants"][variant].get(key) for _, key in columns})
     cases = task.benchmark_cases(run.data, run.cfg)
     if not cases:
         raise PipelineError(f"task {task.name} names no benchmark case")
@@ -392,7 +395,7 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
     write_json(run.dir / "benchmark.json", info)
-    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, metric, task.bench_unit))
+    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, columns, task.bench_unit))
     plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
     for f in BENCHMARK_FILES:
         run.record(f)
@@ -402,15 +405,15 @@ def benchmark(run: Run | str | Path) -> list[dict]:
 
 
 def _time_cases(task: Task, cfg: RunConfig, cases: list,
-                backends: dict[str, tuple[dict, float | None]]) -> list[dict]:
+                backends: dict[str, tuple[dict, dict]]) -> list[dict]:
     """Every backend on every case, side by side: the median and p90 latency of the task's served
     computation, the throughput in the task's unit, and the backend's metric."""
-    rows, metric, bcfg = [], task.metric.name, cfg.benchmark
+    rows, bcfg = [], cfg.benchmark
     for case in cases:
-        for name, (runners, value) in backends.items():
+        for name, (runners, values) in backends.items():
             timing = time_call(lambda: task.infer(runners, case.items, cfg), bcfg.seconds, bcfg.min_runs)
             row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
-                   "unit": task.bench_unit, metric: value}
+                   "unit": task.bench_unit, **values}
             rows.append(row)
             axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
             print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "

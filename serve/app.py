@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 import gradio as gr  # noqa: E402
 
-from serve.bundle import graph_files, variant_title  # noqa: E402
+from serve.bundle import graph_files, metric_columns, shown, variant_title  # noqa: E402
 from serve.runtime import Bundle  # noqa: E402
 from serve.tasks import TABS  # noqa: E402
 
@@ -21,19 +21,18 @@ MAKE_ONE = "python -m pipeline run all --preset quick"
 
 
 def _variants_table(bundle: Bundle) -> str:
-    metric = bundle.manifest["metric"]
-    name, unit = metric.get("name", "metric"), metric.get("unit", "")
-    rows = [f"| variant | files | {name}{f' ({unit})' if unit else ''} | status |", "| --- | --- | ---: | --- |"]
+    columns = metric_columns(bundle.manifest)
+    rows = ["| variant | files | " + " | ".join(t for t, _ in columns) + " | status |",
+            "| --- | --- |" + " ---: |" * len(columns) + " --- |"]
     for variant, v in bundle.manifest["variants"].items():
-        value = v.get(name)
-        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
         note = v.get("status", "?") + (f": {v['reason']}" if v.get("reason") else "")
         files = graph_files(bundle.manifest, variant)
         for f in files.values():
             if f in bundle.bad_files:
                 note = f"not used: {f} {bundle.bad_files[f]}"
         shown_files = ", ".join(f"`{f}`" for f in files.values()) or "-"
-        rows.append(f"| {variant_title(variant)} | {shown_files} | {shown} | {note} |")
+        values = " | ".join(shown(v.get(key)) for _, key in columns)
+        rows.append(f"| {variant_title(variant)} | {shown_files} | {values} | {note} |")
     return "\n".join(rows)
 
 

@@ -156,6 +156,7 @@ class MetricEntry(_Model):
     tolerance: float = Field(ge=0, allow_inf_nan=False)
     unit: str = ""
     split: str = "test"
+    also_on: list[str] = []  # other held-out sets the metric is reported and judged on (entries' keys)
 
 
 class Manifest(_Model):
@@ -236,6 +237,19 @@ def check_graphs(manifest: dict[str, Any], where: str) -> None:
     """A (schema-checked) manifest has exported graphs to serve."""
     if not manifest["graphs"]:
         raise BundleError(f"{where}: no graph has been exported; run `python -m pipeline export {where}`")
+
+
+def metric_columns(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(column title, key in a variant or metrics entry) of the metric on each scored set:
+    ``[("accuracy % (test)", "accuracy"), ("accuracy % (drawn)", "drawn")]``."""
+    metric = manifest["metric"]
+    unit = f" {metric['unit']}" if metric.get("unit") else ""
+    return [(f"{metric['name']}{unit} ({metric.get('split', 'test')})", metric["name"]),
+            *((f"{metric['name']}{unit} ({s})", s) for s in metric.get("also_on", []))]
+
+
+def shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def graph_files(manifest: dict[str, Any], variant: str) -> dict[str, str]:

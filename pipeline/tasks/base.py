@@ -130,6 +130,7 @@ class EvalSet:
     description: str  # what it holds, for people
     items: Any
     samples: int
+    scored: bool = False  # also scored (metrics.*.<name>) and judged, beside the first set, which always is
 
 
 @dataclass

@@ -19,11 +19,14 @@ from torch.utils.data import Dataset, TensorDataset
 
 import models
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
+from pipeline.data.drawn import drawn_digits
 from pipeline.data.images import ImageData, ImageSplit, load_digits, load_image_folder
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import BenchCase, EvalSet, Graph, Metric, RunConfig, Task, with_model_fields
 
 EVAL_BATCH = 256  # images per graph call when scoring and checking parity
+DIGITS = [str(d) for d in range(10)]
+DRAWN_PER_CLASS = 100  # the held-out drawn-digit set: 1,000 sketchpad drawings
 
 
 @dataclass
@@ -263,9 +266,14 @@ print(labels[int(probs.argmax())], float(probs.max()))
         big = np.kron(data.test.images, np.ones((1, scale, scale, 1), dtype=np.uint8))
         if big.shape[-1] == 1:
             big = np.repeat(big, 3, axis=-1)
-        return [EvalSet("test", "the held-out test split", data.test, len(data.test)),
+        sets = [EvalSet("test", "the held-out test split", data.test, len(data.test)),
                 EvalSet("stress", f"the test split enlarged {scale}x, RGB", ImageSplit(big, data.test.labels),
                         len(data.test))]
+        if data.class_names == DIGITS:  # a digit model is also scored on digits drawn as on the sketchpad
+            drawn = drawn_digits(DRAWN_PER_CLASS)
+            sets.append(EvalSet("drawn", f"{len(drawn)} digits drawn as on the 280x280 sketchpad "
+                                f"(pipeline/data/drawn.py, seed 2026)", drawn, len(drawn), scored=True))
+        return sets
 
     def infer(self, runners, items: ImageSplit, cfg: RunConfig) -> np.ndarray:
         """probs (N, K) of every image, EVAL_BATCH images per graph call."""

@@ -36,7 +36,13 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
         v = m["variants"][variant]
         assert v["status"] == "accepted", v
         assert abs(v["accuracy"] - m["variants"]["fp32"]["accuracy"]) <= 0.5
-    assert m["metric"] == {"name": "accuracy", "direction": "max", "tolerance": 0.5, "unit": "%", "split": "test"}
+    assert m["metric"] == {"name": "accuracy", "direction": "max", "tolerance": 0.5, "unit": "%", "split": "test",
+                           "also_on": ["drawn"]}
+    drawn = m["parity"]["drawn"]  # the drawn-digit set: parity, and the metric per variant beside the test split
+    assert drawn["samples"] == 1000 and drawn["top1_agreement"] == 1.0 and drawn["max_abs_diff"] <= 1e-4
+    for entry in (*m["variants"].values(), m["metrics"]["onnx_fp32"], m["metrics"]["torch_served"]):
+        assert 0 <= entry["drawn"] <= 100
+    assert "accuracy % (drawn)" in (smoke_bundle / "benchmark.md").read_text()
     io = m["graphs"]["model"]["io"]
     assert [s["name"] for s in io["inputs"]] == ["image"] and [s["name"] for s in io["outputs"]] == ["probs"]
     assert io["dims"]["batch"]["max"] >= 256

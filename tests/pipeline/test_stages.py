@@ -87,6 +87,8 @@ def test_run_all_loads_data_once_builds_the_model_once_and_hashes_each_file_once
     # every file is hashed once, by the stage that wrote it (the model card is written by export and by
     # optimize, which adds the variants); the benchmark hashes the 4 graph files it runs, once each
     assert hashed.pop(("stages", "MODEL_CARD.md")) == 2
+    # INT8 is written once per attempt (static, then dynamic where static loses too much)
+    assert hashed.pop(("stages", "model.int8.onnx")) == len(read_manifest(run_dir)["variants"]["int8"]["attempts"])
     assert max(n for k, n in hashed.items() if k != "runtime") == 1, hashed
     assert hashed["runtime"] == 4
     assert read_manifest(run_dir)["benchmark"]["file"] == "benchmark.json"
@@ -121,7 +123,7 @@ def test_a_nan_score_is_rejected():
     for direction in ("max", "min"):
         run = SimpleNamespace(task=SimpleNamespace(metric=Metric("m", direction, 0.5)),
                               cfg=SimpleNamespace(optimize=OptimizeConfig()),
-                              manifest={"variants": {"fp32": {"m": 1.0}}})
+                              manifest={"variants": {"fp32": {"m": 1.0}}}, scored_sets=[])
         assert pipeline.run.Run.judge(run, {"m": float("nan")})[0] == "rejected"
         assert pipeline.run.Run.judge(run, {"m": 1.0})[0] == "accepted"
         worse = 0.4 if direction == "max" else 1.6
