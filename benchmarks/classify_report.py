@@ -42,6 +42,8 @@ def run(arch: str, out: Path) -> dict:
         "arch": arch, "seconds": seconds, "torch": m["metrics"]["torch"]["accuracy"], "onnx": v["fp32"]["accuracy"],
         "max_abs_diff": m["parity"]["test"]["max_abs_diff"], "top1_agreement": m["parity"]["test"]["top1_agreement"],
         "stress_max_abs_diff": m["parity"]["stress"]["max_abs_diff"],
+        "drawn": v["fp32"].get("drawn"), "drawn_max_abs_diff": m["parity"].get("drawn", {}).get("max_abs_diff"),
+        "int8_drawn": v["int8"].get("drawn"),
         "int8_mode": v["int8"].get("mode"),
         "int8": v["int8"].get("accuracy"), "int8_status": v["int8"]["status"], "fp16": v["fp16"].get("accuracy"),
         "torch_b1_ms": b1["torch eager"], "ort_b1_ms": b1["ORT fp32"], "int8_b1_ms": b1.get("ORT int8"),
@@ -57,14 +59,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         results = [run(a, out) for a in args.archs.split(",")]
-    print("| arch | wall s | torch acc | onnx acc | max abs dp | top-1 agree | stress max abs dp | int8 acc | fp16 acc "
-          "| torch b1 ms | ORT b1 ms | ORT int8 b1 ms | ORT speed-up b1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| arch | wall s | torch acc | onnx acc | drawn acc | max abs dp | top-1 agree | stress / drawn max abs dp "
+          "| int8 acc (drawn) | fp16 acc | torch b1 ms | ORT b1 ms | ORT int8 b1 ms | ORT speed-up b1 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         f = lambda x, p=2: "-" if x is None else f"{x:.{p}f}"  # noqa: E731
-        print(f"| {r['arch']} | {r['seconds']:.0f} | {f(r['torch'])} | {f(r['onnx'])} | {r['max_abs_diff']:.1e} "
-              f"| {100 * r['top1_agreement']:.1f}% | {r['stress_max_abs_diff']:.1e} "
-              f"| {f(r['int8'])} ({r['int8_mode']}, {r['int8_status']}) | {f(r['fp16'])} "
+        drawn_dp = "-" if r["drawn_max_abs_diff"] is None else f"{r['drawn_max_abs_diff']:.1e}"
+        print(f"| {r['arch']} | {r['seconds']:.0f} | {f(r['torch'])} | {f(r['onnx'])} | {f(r['drawn'], 1)} "
+              f"| {r['max_abs_diff']:.1e} | {100 * r['top1_agreement']:.1f}% "
+              f"| {r['stress_max_abs_diff']:.1e} / {drawn_dp} "
+              f"| {f(r['int8'])} ({f(r['int8_drawn'], 1)}; {r['int8_mode']}, {r['int8_status']}) | {f(r['fp16'])} "
               f"| {f(r['torch_b1_ms'], 3)} | {f(r['ort_b1_ms'], 3)} | {f(r['int8_b1_ms'], 3)} | {r['speedup']:.1f}x |")
     by = {r["arch"]: r for r in results}
     checks = []
