@@ -1,7 +1,6 @@
 """The Gradio app: a tab per task with a bundle, and a Models tab describing every bundle."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -36,19 +35,48 @@ def _variants_table(bundle: Bundle) -> str:
     return "\n".join(rows)
 
 
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1),
+                      *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def _metrics_table(manifest: dict) -> str:
+    """The metric on each scored set, for PyTorch (as trained, and the served computation) and the
+    portable ONNX graphs."""
+    columns = metric_columns(manifest)
+    names = {"torch": "PyTorch (training's evaluation)", "torch_served": "PyTorch, served computation",
+             "onnx_fp32": "ONNX fp32"}
+    rows = [[names.get(k, k), *(shown(v.get(key)) for _, key in columns)]
+            for k, v in manifest.get("metrics", {}).items() if isinstance(v, dict)]
+    return _table(["model", *(t for t, _ in columns)], rows)
+
+
+def _parity_table(manifest: dict) -> str:
+    sets = {k: v for k, v in manifest.get("parity", {}).items() if isinstance(v, dict)}
+    keys = list(dict.fromkeys(k for p in sets.values() for k in p if k not in ("description", "samples")))
+    rows = [[str(p.get("description", name)), str(p.get("samples", "-")),
+             *(_measured(k, p.get(k)) for k in keys)]
+            for name, p in sets.items()]
+    return _table(["held-out set", "samples", *(k.replace("_", " ") for k in keys)], rows)
+
+
+def _measured(key: str, value) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-" if value is None else str(value)
+    return f"{100 * value:.1f}%" if "agreement" in key else f"{value:.2g}"
+
+
 def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
     if not bundles:
         gr.Markdown("No bundles yet.")
     for task, bundle in bundles.items():
         m = bundle.manifest
-        torch_metric = m.get("metrics", {}).get("torch", {})
-        parity = "; ".join(f"{p.get('description', s)}: `{json.dumps({k: v for k, v in p.items() if k != 'description'})}`"
-                           for s, p in m.get("parity", {}).items())
+        served = ", ".join(f"{k} = {v}" for k, v in bundle.inference.items()) or "none (the graph needs no settings)"
         gr.Markdown(f"### {task}: `{bundle.name}`\n{m.get('architecture', '')}, preset {m.get('preset')}, "
                     f"data: {m.get('data', '-')}; graphs {', '.join(bundle.graphs)}; folder `{bundle.path}`\n\n"
-                    f"PyTorch test metrics: `{json.dumps(torch_metric)}`\n\n"
-                    f"Parity with PyTorch (the served computation): {parity}\n\n"
-                    f"Served defaults: `{json.dumps(bundle.inference)}`\n\n" + _variants_table(bundle))
+                    f"**Metrics**\n\n{_metrics_table(m)}\n\n"
+                    f"**Parity with PyTorch** (the served computation, per held-out set)\n\n{_parity_table(m)}\n\n"
+                    f"**Served defaults**: {served}\n\n**Variants**\n\n" + _variants_table(bundle))
         bench = bundle.file("benchmark.md")
         if bench:
             gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())

@@ -1,0 +1,19 @@
+"""The Models tab's tables: metrics per held-out set, parity, variants; no raw JSON."""
+from serve.app import _metrics_table, _parity_table
+from tests.serve.test_manifest import VALID
+
+
+def test_metrics_and_parity_are_tables():
+    manifest = {**VALID, "metric": {**VALID["metric"], "also_on": ["drawn"]},
+                "metrics": {"torch": {"loss": 0.1, "accuracy": 99.4}, "onnx_fp32": {"accuracy": 99.4, "drawn": 27.8}},
+                "parity": {"test": {"max_abs_diff": 2.1e-06, "top1_agreement": 1.0, "description": "the test split",
+                                    "samples": 359},
+                           "drawn": {"max_abs_diff": 5.7e-06, "top1_agreement": 0.999, "description": "drawings",
+                                     "samples": 1000}}}
+    metrics = _metrics_table(manifest).splitlines()
+    assert metrics[0] == "| model | accuracy % (test) | accuracy % (drawn) |"
+    assert metrics[2] == "| PyTorch (training's evaluation) | 99.4 | - |" and metrics[3] == "| ONNX fp32 | 99.4 | 27.8 |"
+    parity = _parity_table(manifest).splitlines()
+    assert parity[0] == "| held-out set | samples | max abs diff | top1 agreement |"
+    assert parity[2:] == ["| the test split | 359 | 2.1e-06 | 100.0% |", "| drawings | 1000 | 5.7e-06 | 99.9% |"]
+    assert "{" not in "".join(metrics + parity)
