@@ -90,7 +90,10 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
 
 def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, root: str | Path = "artifacts") -> gr.Blocks:
     problems = problems or []
+    on_load = "\n".join(tab.on_load_js for task, tab in TABS.items() if task in bundles and tab.on_load_js)
     with gr.Blocks(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
+        if on_load:  # the tabs' page-open scripts, in the browser only
+            app.load(None, js=f"() => {{\n{on_load}\n}}")
         gr.Markdown("# Little Book of Deep Learning: ONNX demos\nEvery model here runs from its ONNX file "
                     "with ONNX Runtime alone: pre- and post-processing are inside the graph.")
         if not bundles:

@@ -16,6 +16,7 @@ class TaskTab:
     task: ClassVar[str]  # the pipeline task whose bundles it serves
     title: ClassVar[str]  # the tab's label
     endpoints: ClassVar[tuple[str, ...]] = ()  # the API names its events register
+    on_load_js: ClassVar[str] = ""  # a JavaScript function body run when the page opens (ready the tab's tools)
 
     def check(self, bundle: Bundle) -> None:
         """Refuse (BundleError) a bundle whose task-specific ``info`` this tab cannot use; the

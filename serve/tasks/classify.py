@@ -48,6 +48,13 @@ class ClassifyTab(TaskTab):
     task = "classify"
     title = "Classify"
     endpoints = ("classify", "classify_sketch")
+    # the sketchpad opens with its brush picked: people drag the mouse and ink appears
+    on_load_js = """
+    const pickBrush = (tries) => {
+      const brush = document.querySelector("#classify-sketch button[aria-label='Brush']");
+      if (brush) brush.click(); else if (tries > 0) setTimeout(() => pickBrush(tries - 1), 100);
+    };
+    pickBrush(100);"""
 
     def check(self, bundle: Bundle) -> None:
         labels = bundle.info.get("labels")
@@ -70,6 +77,13 @@ class ClassifyTab(TaskTab):
 
         def classify_sketch(value, variant):
             return predict(bundle, from_sketch(value), variant)
+
+        def live(value, variant):
+            """While drawing: the prediction after each stroke; a cleared canvas clears it (no message)."""
+            try:
+                return predict(bundle, from_sketch(value), variant)
+            except InputError:
+                return None, ""
 
         variants = bundle.variants()
         gr.Markdown(f"**{bundle.name}**: {bundle.manifest.get('architecture', '')} over labels "
@@ -101,3 +115,6 @@ class ClassifyTab(TaskTab):
         choice_input(variant, "variant")
         upload_btn.click(guarded(classify_upload), [upload, variant], [label, latency], api_name="classify")
         sketch_btn.click(guarded(classify_sketch), [sketch, variant], [label, latency], api_name="classify_sketch")
+        # live: each finished stroke updates the prediction; only the newest drawing is classified
+        sketch.change(guarded(live), [sketch, variant], [label, latency], api_name=False, trigger_mode="always_last",
+                      show_progress="hidden")

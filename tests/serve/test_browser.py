@@ -38,15 +38,14 @@ def _result(page) -> str:
 def test_draw_a_one(page, app_url, tmp_path):
     page.goto(app_url)
     page.wait_for_selector("#classify-sketch canvas", timeout=30_000)
-    page.click("#classify-sketch button[aria-label='Brush']")
+    page.wait_for_timeout(1000)  # no tool is picked by the test: the page opens ready to draw
     box = page.query_selector("#classify-sketch canvas").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x, y - 110)
     page.mouse.down()
     for i in range(23):
         page.mouse.move(x, y - 110 + 10 * i)
-    page.mouse.up()
-    page.click("#classify-sketch-btn")
+    page.mouse.up()  # no button press: the prediction follows the stroke
     label = _result(page)
     page.screenshot(path=str(tmp_path / "draw.png"))
     assert label == "1", f"a vertical stroke was read as {label!r}; see {tmp_path / 'draw.png'}"
