@@ -11,6 +11,7 @@ from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
 
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
+MIN_PAPER = 28  # pixels: the smallest square a cropped sketch is centred on
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
 UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
@@ -27,7 +28,7 @@ def from_sketch(value: Any) -> np.ndarray:
         raise InputError("the sketch is empty: draw a digit first")
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    side = int(max(crop.shape[:2]) * 1.15) + 2
+    side = max(int(max(crop.shape[:2]) * 1.15) + 2, MIN_PAPER)  # a dot still makes an image the graph takes
     paper = np.full((side, side, 3), 255, dtype=np.uint8)
     top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
     paper[top : top + crop.shape[0], left : left + crop.shape[1]] = crop

@@ -89,6 +89,19 @@ def test_bad_input_is_a_readable_message_and_serving_goes_on(client, app_url, tm
 
     r = httpx.post(app_url + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
     assert r.status_code == 413, r.text[:200]
+    # degenerate drawings and a fully transparent upload: an answer or a readable message, never a crash
+    for name, pixels in (("black", np.full((280, 280, 4), [0, 0, 0, 255], np.uint8)),
+                         ("dot", np.zeros((280, 280, 4), np.uint8)), ("border", np.zeros((280, 280, 4), np.uint8))):
+        if name == "dot":
+            pixels[140, 140] = [0, 0, 0, 255]
+        if name == "border":
+            pixels[:, :6] = [0, 0, 0, 255]
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        value = {"background": None, "layers": [], "composite": handle_file(str(tmp_path / f"{name}.png"))}
+        result, _ = client.predict(value, "fp32", api_name="/classify_sketch")
+        assert result["label"] in [str(d) for d in range(10)]
+    result, _ = client.predict(handle_file(str(blank)), "fp32", api_name="/classify")  # transparent: white paper
+    assert result["label"] in [str(d) for d in range(10)]
     # the server still answers
     ink = np.full((280, 280, 4), 0, np.uint8)
     ink[60:220, 130:150] = [0, 0, 0, 255]

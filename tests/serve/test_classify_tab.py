@@ -103,3 +103,12 @@ def test_an_unknown_variant_is_one_readable_line(components, value):
     assert variant.preprocess("int8") == "int8"
     message = _gradio_error(variant.preprocess, value)
     assert message.startswith("unknown variant") and "fp32, int8" in message and "type" not in message
+
+
+def test_a_single_dot_still_makes_an_image_the_graph_takes():
+    from serve.tasks.classify import MIN_PAPER, from_sketch
+
+    canvas = np.full((280, 280, 3), 255, np.uint8)
+    canvas[140, 140] = 0
+    out = from_sketch({"composite": canvas})
+    assert out.shape == (MIN_PAPER, MIN_PAPER, 3) and (out == 0).sum() == 3

@@ -186,3 +186,20 @@ def test_a_variant_that_cannot_be_loaded_is_no_longer_offered(bundle_copy, monke
     assert "fp16" not in b.variants() and "fp32" in b.variants()
     with pytest.raises(BundleError, match="'fp16' is not available .*not on this machine"):
         b.session("model", "fp16")
+
+
+@pytest.mark.parametrize("case", ["white", "black", "dot", "border ink"])
+def test_degenerate_drawings_never_give_nan_through_the_graph_alone(bundle_copy, case):
+    """What an embedding app may send as a canvas: every variant answers with probabilities, never NaN."""
+    canvas = np.full((1, 280, 280, 3), 255, np.uint8)
+    if case == "black":
+        canvas[:] = 0
+    elif case == "dot":
+        canvas[0, 140, 140] = 0
+    elif case == "border ink":
+        canvas[0, :, :6] = 0
+    bundle = Bundle.open(bundle_copy)
+    for variant in bundle.variants():
+        probs = bundle.run({"image": canvas}, variant).outputs["probs"]
+        assert np.isfinite(probs).all() and (probs >= 0).all(), variant
+        assert abs(float(probs.sum()) - 1.0) <= 1e-2, variant
