@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from serve.bundle import first_line
 
 
 def _type_name(tp: Any) -> str:
@@ -164,8 +165,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
                 raise PipelineError(f"config file {path}: expected a JSON object at the top")
             return data
     except (ValueError, RecursionError, MemoryError) as e:  # TOML/JSON/UTF-8 errors, absurd nesting or numbers
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise PipelineError(f"config file {path} is not valid {path.suffix[1:].upper()}: {first}") from None
+        raise PipelineError(f"config file {path} is not valid {path.suffix[1:].upper()}: {first_line(e)}") from None
     except OSError as e:
         raise PipelineError(f"config file {path} cannot be read: {e.strerror}") from None
     raise PipelineError(f"config file {path}: use a .json or .toml file")

@@ -34,8 +34,8 @@ from pipeline.run import TRAINED_FILES, Run, as_run, git_commit, metric_entry, n
 from pipeline.tasks import get_task
 from pipeline.tasks.base import RunConfig, Task, build_model, resolve
 from pipeline.train import fit, read_metrics, setup_runtime
-from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, graph_files, metric_columns,
-                          safe_file_name, sha256, shown, variant_file)
+from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, first_line, graph_files,
+                          metric_columns, safe_file_name, sha256, shown, variant_file)
 from serve.engine import EngineSession
 from serve.runtime import Bundle, OrtSession
 
@@ -260,10 +260,9 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     sources = {g: run.check_file(f, export_hint) for g, f in graph_files(m, "fp32").items()}
     for path in sources.values():  # intact but unusable (written by something else): nothing to build from
         try:
-            OrtSession(path, name=path.name)
-        except Exception as e:  # noqa: BLE001 - any load failure has the same fix
-            raise PipelineError(f"{path} cannot be loaded by onnxruntime ({(str(e).splitlines() or [''])[0][:200]}); "
-                                f"{export_hint}") from None
+            OrtSession(path, name=str(path))
+        except BundleError as e:  # "<path> cannot be loaded by onnxruntime: ..."
+            raise PipelineError(f"{e}; {export_hint}") from None
     asked = {"opt", *(["int8"] if int8 else []), *(["fp16"] if fp16 else []), *(["tensorrt"] if tensorrt else [])}
     for variant in set(m["variants"]) - asked - {"fp32"}:  # kept as they are: they must still be what was judged
         for f in graph_files(m, variant).values():
@@ -287,7 +286,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
                 status, reason = run.judge(scores)
                 entry.update(status=status, **scores, **({"reason": reason} if reason else {}))
         except Exception as e:  # noqa: BLE001 - a variant that cannot be built or run here is recorded, not fatal
-            entry.update(status="failed", reason=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+            entry.update(status="failed", reason=f"{e.__class__.__name__}: {first_line(e, 300)}")
         for g, f in files.items():
             if entry["status"] == "failed":
                 m["graphs"][g]["files"].pop(variant, None)

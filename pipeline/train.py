@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+from serve.bundle import first_line
 from pipeline.fileio import atomic_path, write_text
 
 # step(model, batch, device, generator) -> (loss, units in the batch: samples, tokens, ...)
@@ -186,7 +187,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise PipelineError(f"checkpoint {path} is corrupt or does not match the config: "
-                            f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+                            f"{first_line(e)}") from None
     if missing or unexpected:
         raise PipelineError(
             f"checkpoint {path} does not match the config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
@@ -206,7 +207,7 @@ def load_training_state(run_dir: Path, optimizer, model: nn.Module, ema: nn.Modu
             model.load_state_dict(state["raw_weights"])
     except Exception as e:  # noqa: BLE001 - any unreadable state is the same user-facing problem
         raise PipelineError(f"cannot resume: {path} is corrupt or from another config: "
-                            f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+                            f"{first_line(e)}") from None
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

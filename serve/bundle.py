@@ -55,6 +55,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception as one line for people: its message's first line (cut at ``limit``), or its type."""
+    return ((str(error).splitlines() or [""])[0] or type(error).__name__)[:limit]
+
+
 def variant_file(graph: str, variant: str, engine_tag: str = "") -> str:
     """``model.onnx``, ``encoder.int8.onnx``, ``model.<gpu>-trt<version>.plan``."""
     v = VARIANTS[variant]
@@ -213,7 +218,7 @@ def read_manifest(run_dir: str | Path, allow_older: bool = False) -> dict[str, A
     try:
         manifest = json.loads(path.read_text())
     except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, absurd nesting or numbers
-        raise BundleError(f"{path} is not valid JSON: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+        raise BundleError(f"{path} is not valid JSON: {first_line(e)}") from None
     except OSError as e:
         raise BundleError(f"{path} cannot be read: {e.strerror}") from None
     if not isinstance(manifest, dict):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from serve.bundle import BundleError
 
@@ -114,47 +114,39 @@ def decoded(values: Sequence[Any]) -> Iterator[list[Any]]:
     """``values`` with every :class:`Picture` (also inside dicts and lists) decoded to uint8 (H, W, 3),
     holding the pixel budget until the block ends (the model has run)."""
     pictures: list[Picture] = []
-
-    def find(v: Any) -> None:
-        if isinstance(v, Picture):
-            pictures.append(v)
-        elif isinstance(v, dict):
-            for x in v.values():
-                find(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                find(x)
-
-    def swap(v: Any) -> Any:
-        if isinstance(v, Picture):
-            return v.decode()
-        if isinstance(v, dict):
-            return {k: swap(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return type(v)(swap(x) for x in v)
-        return v
-
-    for v in values:
-        find(v)
+    _each_picture(values, lambda p: pictures.append(p) or p)  # first the pixels, then the budget, then decode
     if not pictures:
         yield list(values)
         return
     with BUDGET.hold(sum(p.pixels for p in pictures)):
-        yield [swap(v) for v in values]
+        yield _each_picture(values, Picture.decode)
+
+
+def _each_picture(value: Any, fn: Any) -> Any:
+    """``value`` with ``fn`` applied to every Picture in it (dicts, lists and tuples walked)."""
+    if isinstance(value, Picture):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _each_picture(x, fn) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_each_picture(x, fn) for x in value)
+    return value
 
 
 def image_size(source: Source, limits: Limits | None = None) -> tuple[int, int]:
     """(width, height) read from the header alone, within the limits; anything else is an InputError."""
-    with _open(source) as im:
-        return _check_size(im, limits or LIMITS)
+    limits = limits or LIMITS
+    with _open(source, limits) as im:
+        return _check_size(im, limits)
 
 
 def decode_image(source: Source, limits: Limits | None = None) -> np.ndarray:
     """An image file (a path or its bytes) as uint8 (H, W, 3): the first frame, turned upright as its
     EXIF says, every mode to RGB (1, L, P, LA, RGBA, CMYK, YCbCr, I;16, I, F, ...) and transparency
     laid on white paper. Too large (checked before decoding), unreadable, damaged: an InputError."""
-    with _open(source) as im:
-        _check_size(im, limits or LIMITS)
+    limits = limits or LIMITS
+    with _open(source, limits) as im:
+        _check_size(im, limits)
         try:
             im.seek(0)
             im.load()
@@ -194,33 +186,24 @@ def decode_data_url(url: str, limits: Limits | None = None) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-class _open:
+@contextmanager
+def _open(source: Source, limits: Limits) -> Iterator[Any]:
     """``Image.open`` (header only) of a path or bytes, with every failure an InputError."""
-
-    def __init__(self, source: Source):
-        self.source = source
-
-    def __enter__(self):
-        src = self.source
-        if isinstance(src, (bytes, bytearray, memoryview)):
-            src = io.BytesIO(bytes(src))
-        elif isinstance(src, (str, Path)):
-            if not Path(src).is_file():
-                raise InputError(f"no such file: {Path(src).name}")
-        else:
-            raise InputError(f"expected an image file, got {type(src).__name__}")
-        try:
-            self.im = Image.open(src)
-        except Image.DecompressionBombError:
-            raise InputError(f"the image is far larger than {LIMITS.max_side} pixels a side") from None
-        except (UnidentifiedImageError, OSError):
-            raise InputError(NOT_AN_IMAGE) from None
-        except Exception:  # noqa: BLE001 - a header parser tripping over hostile bytes
-            raise InputError(NOT_AN_IMAGE) from None
-        return self.im
-
-    def __exit__(self, *exc) -> None:
-        self.im.close()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise InputError(f"no such file: {Path(source).name}")
+    else:
+        raise InputError(f"expected an image file, got {type(source).__name__}")
+    try:
+        im = Image.open(source)
+    except Image.DecompressionBombError:
+        raise InputError(f"the image is far larger than {limits.max_side} pixels a side") from None
+    except Exception:  # noqa: BLE001 - not an image, or a header parser tripping over hostile bytes
+        raise InputError(NOT_AN_IMAGE) from None
+    with im:
+        yield im
 
 
 def _check_size(im: Any, limits: Limits) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serve.bundle import (BundleError, check_graphs, graph_files, read_manifest, sha256, sha256_bytes,
+from serve.bundle import (BundleError, check_graphs, first_line, graph_files, read_manifest, sha256, sha256_bytes,
                           variant_title)
 from serve.engine import EngineSession, tensorrt_missing
 
@@ -53,7 +53,7 @@ class OrtSession:
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=asked)
         except Exception as e:  # noqa: BLE001
-            raise BundleError(f"{name} cannot be loaded by onnxruntime: {str(e).splitlines()[0][:300]}") from None
+            raise BundleError(f"{name} cannot be loaded by onnxruntime: {first_line(e, 300)}") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
@@ -131,7 +131,7 @@ class CheckedRunner:
         try:
             outputs = self.session(feeds)
         except Exception as e:  # noqa: BLE001 - surfaced to the user as one line
-            raise BundleError(f"the model failed on this input: {str(e).splitlines()[0][:300]}") from None
+            raise BundleError(f"the model failed on this input: {first_line(e, 300)}") from None
         self.check.check_outputs(outputs, self.what)
         return outputs
 

@@ -26,6 +26,7 @@ import models
 from export.contract import ExportContract
 from pipeline.config import from_dict, merge, to_dict, unknown_key
 from pipeline.errors import PipelineError
+from serve.bundle import first_line
 from pipeline.train import EvalFn, StepFn, TrainConfig
 
 PRESETS = ("smoke", "quick", "full")
@@ -277,8 +278,7 @@ def build_model(task: Task, cfg: RunConfig, data: Any | None = None) -> nn.Modul
     try:
         return task.build_model(cfg, data)
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise PipelineError(f"cannot build {cfg.model_name} from this model config ({first}); "
+        raise PipelineError(f"cannot build {cfg.model_name} from this model config ({first_line(e)}); "
                             f"check the model.* settings") from None
 
 
