@@ -47,6 +47,9 @@ class ExportContract:
     dims: dict[str, DimRange]
     parity: tuple[Bound, ...]
     opset: int = 18
+    # submodules of the deployable (dotted paths, e.g. "classifier.preprocess") whose nodes stay
+    # fp32 and unquantized in every variant: pre/post-processing (crops, decoding, NMS) is exact
+    exact: tuple[str, ...] = ()
 
     def __post_init__(self):
         for spec in self.inputs + self.outputs:
@@ -69,6 +72,7 @@ class ExportContract:
             "outputs": [asdict(s) for s in self.outputs],
             "dims": {k: asdict(v) for k, v in self.dims.items()},
             "opset": self.opset,
+            "exact": list(self.exact),
         }
 
     def shape_for(self, spec: TensorSpec, which: Literal["min", "opt", "max"]) -> tuple[int, ...]:

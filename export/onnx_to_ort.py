@@ -15,6 +15,21 @@ import onnx
 import onnxruntime as ort
 
 
+def exact_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that the exporter placed inside the graph's exact submodules (metadata
+    ``exact_scopes``, from the export contract): FP16 and INT8 leave them in fp32."""
+    from export.torch_to_onnx import EXACT_KEY
+
+    scopes = next((p.value for p in model.metadata_props if p.key == EXACT_KEY), "")
+    scopes = [s for s in scopes.split(",") if s]
+    out = []
+    for node in model.graph.node:
+        names = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if any(f"'{s}'" in names for s in scopes):  # a list literal of the module paths the node is in
+            out.append(node.name)
+    return out
+
+
 def optimize_graph(src: Path, dst: Path) -> None:
     """ORT's extended graph optimizations (constant folding, fusions), saved for faster session start."""
     opts = ort.SessionOptions()
@@ -39,7 +54,8 @@ class _Calibration:
 
 def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None) -> None:
     """INT8: ``static`` (QDQ, per-channel weights, activations calibrated on ``calibration``) or
-    ``dynamic`` (weights only; activations quantized at run time, MatMul/Gemm-heavy models)."""
+    ``dynamic`` (weights only; activations quantized at run time, MatMul/Gemm-heavy models); the
+    exact nodes (pre/post-processing) are left in fp32."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -47,24 +63,28 @@ def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        exact = exact_nodes(onnx.load(str(prepared)))
         if mode == "static":
             if calibration is None:
                 raise ValueError("static INT8 needs calibration batches")
             quantize_static(str(prepared), str(dst), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exact)
         elif mode == "dynamic":
-            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=exact)
         else:
             raise ValueError(f"unknown INT8 mode {mode!r}; known: static, dynamic")
     _copy_metadata(src, dst, {"variant": f"int8-{mode}"})
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
-    """FP16 weights and activations; graph inputs and outputs keep their types."""
+    """FP16 weights and activations, but for the exact nodes; graph inputs and outputs keep their types."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Resize"])
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Resize"],
+                                     node_block_list=exact_nodes(model))
     onnx.save_model(model, str(dst))
     _copy_metadata(src, dst, {"variant": "fp16"})
 

@@ -14,6 +14,9 @@ import torch
 from export.contract import ExportContract
 
 
+EXACT_KEY = "exact_scopes"  # metadata: the contract's ``exact`` submodules, comma-separated
+
+
 class ExportError(Exception):
     """The model could not be exported, or the export does not match PyTorch."""
 
@@ -53,6 +56,8 @@ def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], contr
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean the same to the user
         raise ExportError(f"torch.onnx.export failed: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
     model = program.model_proto
+    if contract.exact:  # read back by export.onnx_to_ort when it builds the fp16 and int8 variants
+        metadata = {**metadata, EXACT_KEY: ",".join(contract.exact)}
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

@@ -49,8 +49,9 @@ STYLES: dict[int, list[list[list[tuple[float, float]]]]] = {
 }
 
 
-def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS) -> np.ndarray:
-    """One drawing of ``digit``: uint8 (canvas, canvas), dark ink (0) on white (255)."""
+def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand: float = 0.035) -> np.ndarray:
+    """One drawing of ``digit``: uint8 (canvas, canvas), dark ink (0) on white (255); ``hand``: how
+    far a person's control points wander, in units of the digit's size."""
     from PIL import Image, ImageDraw
 
     style = STYLES[digit][rng.integers(len(STYLES[digit]))]
@@ -60,7 +61,6 @@ def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS) -> np
     cos, sin = np.cos(angle), np.sin(angle)
     centre = rng.uniform(0.5 - (1 - height) / 2 * 0.8, 0.5 + (1 - height) / 2 * 0.8, size=2)
     brush = rng.uniform(*BRUSH)
-    hand = 0.035  # how far a person's control points wander, in units of the digit's size
     scale = 2  # rendered at twice the size, then shrunk: anti-aliased edges as a browser canvas has
     image = Image.new("L", (canvas * scale, canvas * scale), 255)
     pen = ImageDraw.Draw(image)
@@ -78,10 +78,133 @@ def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS) -> np
     return np.asarray(image.resize((canvas, canvas), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def drawn_digits(per_class: int = 100, seed: int = 2026, canvas: int = CANVAS) -> ImageSplit:
+def drawn_digits(per_class: int = 100, seed: int = 2026, canvas: int = CANVAS, hand: float = 0.035) -> ImageSplit:
     """``per_class`` drawings of each digit 0-9 as uint8 (N, canvas, canvas, 1), labels (N,); the same
     for the same seed. The held-out drawn set uses the default seed; training must use others."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), per_class)
-    images = np.stack([draw_digit(int(d), rng, canvas) for d in labels])[..., None]
+    images = np.stack([draw_digit(int(d), rng, canvas, hand) for d in labels])[..., None]
     return ImageSplit(images, labels.astype(np.int64))
+
+
+# A second hand, written apart from STYLES and rendered another way, to check that what reads one
+# drawing style is not tuned to it: key points joined by Chaikin-smoothed curves (no arcs), a pen
+# whose width follows the pressure along each stroke, a tremor that drifts slowly along the path,
+# overshoots and gaps where strokes meet, a 360x360 canvas.
+OTHER_HAND: dict[int, list[list[list[tuple[float, float]]]]] = {
+    0: [[[(0.55, 0.0), (0.15, 0.2), (0.1, 0.7), (0.45, 1.0), (0.85, 0.75), (0.85, 0.2), (0.5, 0.0), (0.4, 0.1)]]],
+    1: [[[(0.45, 0.0), (0.5, 1.0)]], [[(0.3, 0.15), (0.55, 0.0), (0.5, 1.0)]]],
+    2: [[[(0.1, 0.25), (0.4, 0.0), (0.85, 0.15), (0.75, 0.5), (0.1, 1.0), (0.5, 0.95), (0.95, 1.0)]],
+        [[(0.15, 0.2), (0.5, 0.0), (0.85, 0.3), (0.1, 1.0), (0.1, 0.98), (0.9, 0.98)]]],
+    3: [[[(0.1, 0.1), (0.6, 0.0), (0.8, 0.25), (0.35, 0.48), (0.85, 0.7), (0.6, 1.0), (0.1, 0.9)]],
+        [[(0.15, 0.0), (0.85, 0.0), (0.4, 0.4), (0.9, 0.65), (0.55, 1.0), (0.1, 0.85)]]],
+    4: [[[(0.55, 0.0), (0.05, 0.7), (0.95, 0.7)], [(0.7, 0.35), (0.7, 1.0)]],
+        [[(0.25, 0.0), (0.1, 0.6), (0.9, 0.6)], [(0.75, 0.0), (0.7, 1.0)]]],
+    5: [[[(0.85, 0.0), (0.25, 0.0), (0.15, 0.45), (0.6, 0.35), (0.9, 0.7), (0.55, 1.0), (0.1, 0.88)]],
+        [[(0.25, 0.0), (0.15, 0.45), (0.6, 0.38), (0.9, 0.72), (0.5, 1.0), (0.1, 0.85)], [(0.25, 0.0), (0.9, 0.02)]]],
+    6: [[[(0.8, 0.0), (0.3, 0.35), (0.1, 0.75), (0.45, 1.0), (0.85, 0.75), (0.6, 0.5), (0.15, 0.65)]]],
+    7: [[[(0.05, 0.0), (0.95, 0.0), (0.55, 0.5), (0.4, 1.0)]],
+        [[(0.05, 0.05), (0.95, 0.0), (0.35, 1.0)], [(0.3, 0.5), (0.8, 0.48)]]],
+    8: [[[(0.85, 0.1), (0.5, 0.0), (0.15, 0.2), (0.5, 0.48), (0.9, 0.75), (0.5, 1.0), (0.1, 0.75), (0.5, 0.48),
+          (0.85, 0.2), (0.8, 0.05)]]],
+    9: [[[(0.85, 0.2), (0.5, 0.0), (0.15, 0.2), (0.35, 0.5), (0.85, 0.3), (0.85, 0.05), (0.8, 0.55), (0.6, 1.0)]],
+        [[(0.85, 0.25), (0.45, 0.0), (0.15, 0.25), (0.45, 0.5), (0.85, 0.25)], [(0.85, 0.15), (0.85, 1.0)]]],
+}
+
+
+def _chaikin(pts: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Corner-cutting: a smooth curve near the polyline ``pts`` (M, 2), through its end points."""
+    for _ in range(rounds):
+        q, r = 0.75 * pts[:-1] + 0.25 * pts[1:], 0.25 * pts[:-1] + 0.75 * pts[1:]
+        pts = np.concatenate([pts[:1], np.stack([q, r], 1).reshape(-1, 2), pts[-1:]])
+    return pts
+
+
+def draw_other_hand(digit: int, rng: np.random.Generator, canvas: int = 360) -> np.ndarray:
+    """One drawing of ``digit`` by :data:`OTHER_HAND`: uint8 (canvas, canvas), dark ink on white."""
+    from PIL import Image, ImageDraw
+
+    style = OTHER_HAND[digit][rng.integers(len(OTHER_HAND[digit]))]
+    height = rng.uniform(0.3, 0.9)
+    width = height * rng.uniform(0.45, 0.85)
+    slant, angle = rng.uniform(-0.4, 0.3), np.radians(rng.uniform(-12, 12))
+    centre = rng.uniform(0.5 - (1 - height) / 2 * 0.9, 0.5 + (1 - height) / 2 * 0.9, size=2)
+    pen = rng.uniform(0.025, 0.09) * canvas  # pen width, pixels
+    image = Image.new("L", (canvas * 2, canvas * 2), 255)
+    draw = ImageDraw.Draw(image)
+    for stroke in style:
+        pts = np.asarray(stroke, dtype=np.float64) + rng.normal(0, 0.04, size=(len(stroke), 2))
+        ends = rng.uniform(-0.05, 0.05, size=(2, 2))  # overshoot or gap at both ends
+        pts[0] += ends[0]
+        pts[-1] += ends[1]
+        path = _chaikin(pts)
+        drift = np.cumsum(rng.normal(0, 0.004, size=path.shape), axis=0)  # slow tremor
+        path = path + drift - drift.mean(0) - 0.5
+        x, y = path[:, 0] * width, path[:, 1] * height
+        x = x - slant * y
+        x, y = np.cos(angle) * x - np.sin(angle) * y, np.sin(angle) * x + np.cos(angle) * y
+        xy = np.stack([(centre[0] + x) * canvas * 2, (centre[1] + y) * canvas * 2], 1)
+        pressure = 0.7 + 0.3 * np.sin(np.linspace(0, np.pi, len(xy))) * rng.uniform(0.5, 1.0)
+        for (a, b), p in zip(zip(xy[:-1], xy[1:]), pressure[1:]):  # a round dab at each joint
+            r = pen * p
+            draw.line([tuple(a), tuple(b)], fill=0, width=int(round(2 * r)))
+            draw.ellipse((b[0] - r, b[1] - r, b[0] + r, b[1] + r), fill=0)
+        r = pen * pressure[0]
+        draw.ellipse((xy[0][0] - r, xy[0][1] - r, xy[0][0] + r, xy[0][1] + r), fill=0)
+    return np.asarray(image.resize((canvas, canvas), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def other_hand_digits(per_class: int = 50, seed: int = 7, canvas: int = 360) -> ImageSplit:
+    """``per_class`` drawings of each digit by the second hand, as uint8 (N, canvas, canvas, 1)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), per_class)
+    images = np.stack([draw_other_hand(int(d), rng, canvas) for d in labels])[..., None]
+    return ImageSplit(images, labels.astype(np.int64))
+
+
+def font_digits(per_class: int = 50, seed: int = 11, canvas: int = 200) -> ImageSplit:
+    """Typed digits: each of the TrueType fonts matplotlib ships (DejaVu, STIX, Computer Modern;
+    upright, bold, italic) at random size, place, rotation and stroke weight, as uint8 (N, canvas,
+    canvas, 1). Not drawings: a check that the model reads digits, not one generator's strokes."""
+    from pathlib import Path
+
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    names = ["DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSerif", "DejaVuSerif-Italic",
+             "DejaVuSansMono", "STIXGeneral", "STIXGeneralItalic", "STIXGeneralBol", "cmr10", "cmss10", "cmtt10"]
+    fonts = [str(folder / f"{n}.ttf") for n in names if (folder / f"{n}.ttf").is_file()]
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), per_class)
+    images = []
+    for d in labels:
+        size = int(rng.uniform(0.3, 0.75) * canvas)
+        font = ImageFont.truetype(fonts[rng.integers(len(fonts))], size)
+        glyph = Image.new("L", (canvas, canvas), 255)
+        ImageDraw.Draw(glyph).text((canvas / 2, canvas / 2), str(int(d)), fill=0, font=font, anchor="mm",
+                                   stroke_width=int(rng.integers(0, max(1, size // 12))), stroke_fill=0)
+        glyph = glyph.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR, fillcolor=255,
+                             translate=tuple(rng.uniform(-0.15, 0.15, 2) * canvas))
+        images.append(np.asarray(glyph, dtype=np.uint8))
+    return ImageSplit(np.stack(images)[..., None], labels.astype(np.int64))
+
+
+def scanned(drawings: ImageSplit, side: int = 8, margin: float = 1.0) -> ImageSplit:
+    """Drawings made into scans like the digits: each cropped to its ink, centred on a square of
+    paper (``margin`` times the ink's longer side), averaged down to side x side and quantized to
+    the scans' 17 grey levels. uint8 (N, side, side, 1), dark ink on white."""
+    from PIL import Image
+
+    out = []
+    for image in drawings.images[..., 0]:
+        ink = image < 128
+        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+        crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if len(rows) else image
+        paper_side = int(max(crop.shape) * margin)
+        paper = np.full((paper_side, paper_side), 255, np.uint8)
+        top, left = (paper_side - crop.shape[0]) // 2, (paper_side - crop.shape[1]) // 2
+        paper[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        small = np.asarray(Image.fromarray(paper).resize((side, side), Image.Resampling.BOX), dtype=np.float32)
+        out.append(np.round(np.round((255 - small) / 255 * 16) / 16 * 255).astype(np.uint8))
+    return ImageSplit((255 - np.stack(out))[..., None], drawings.labels.copy())

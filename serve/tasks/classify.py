@@ -11,28 +11,18 @@ from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
 
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
-MIN_PAPER = 28  # pixels: the smallest square a cropped sketch is centred on
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
 UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
 
 def from_sketch(value: Any) -> np.ndarray:
     """A sketch (``{"composite": uint8 (H, W, 3)}``, as :func:`serve.tasks.base.sketch_input`
-    hands it over, or the array itself) -> the drawing cropped to its ink, centred on a square of
-    white paper (the digits were scanned that way); an empty sketch is an InputError."""
+    hands it over, or the array itself) -> the canvas as drawn: the graph itself crops to the ink
+    and centres it, as for any app that embeds ``model.onnx``. A sketch without ink is an InputError."""
     image = value.get("composite") if isinstance(value, dict) else value
-    if image is None:
+    if image is None or not (image.min(axis=-1) < 255 - INK_THRESHOLD).any():
         raise InputError("the sketch is empty: draw a digit first")
-    ink = image.min(axis=-1) < 255 - INK_THRESHOLD
-    if not ink.any():
-        raise InputError("the sketch is empty: draw a digit first")
-    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-    crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    side = max(int(max(crop.shape[:2]) * 1.15) + 2, MIN_PAPER)  # a dot still makes an image the graph takes
-    paper = np.full((side, side, 3), 255, dtype=np.uint8)
-    top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
-    paper[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-    return paper
+    return image
 
 
 def predict(bundle: Bundle, image: np.ndarray, variant: str = "fp32", top_k: int = 5) -> tuple[dict[str, float], str]:

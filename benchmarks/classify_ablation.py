@@ -1,0 +1,89 @@
+"""Issue #9's ablation: what makes the classifier read drawings, measured on the test split and the
+held-out drawn sets (torch, the trained weights; the exported graph computes the same, see parity).
+
+    .venv/bin/python benchmarks/classify_ablation.py [--rows baseline,crop,strokes] [--seeds 0] [--out DIR]
+
+Each row is ``python -m pipeline train classify --preset quick`` with the row's ``--set`` overrides,
+in this process, timed; then the test split and each drawn set are scored.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import stages  # noqa: E402
+from pipeline.tasks.classify import drawn_sets  # noqa: E402
+
+ROWS = {  # name -> (what it is, --set overrides)
+    "baseline": ("whole image resized, affine augmentation, scans only (before issue 9)",
+                 {"data": {"crop": "none", "augment": "affine", "drawings": 0}}),
+    "crop": ("crop to ink in the graph, affine augmentation, scans only",
+             {"data": {"crop": "ink", "augment": "affine", "drawings": 0}}),
+    "strokes": ("crop, stroke augmentation, scans only", {"data": {"crop": "ink", "augment": "strokes", "drawings": 0}}),
+    "drawings": ("crop, affine augmentation, + 500 scanned training drawings",
+                 {"data": {"crop": "ink", "augment": "affine", "drawings": 50}}),
+    "quick": ("crop, stroke augmentation, + 500 scanned training drawings (the quick preset)", {}),
+}
+
+
+@torch.inference_mode()
+def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
+    probs = torch.cat([model(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)])
+    return 100.0 * float((probs.argmax(-1).numpy() == labels).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    ap.add_argument("--seeds", default="0", help="comma-separated train.seed values; medians are printed")
+    ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE for every row (e.g. train.epochs=20)")
+    ap.add_argument("--out", type=Path, default=None, help="where runs go (default: a temporary folder)")
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="ablation-"))
+    sets = drawn_sets()
+    extra: dict = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        extra.setdefault(section, {})[field] = type_of(value)
+    names = args.rows.split(",")
+    print(f"| row | what | seconds | test % | " + " | ".join(f"{s.name} %" for s in sets) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(sets))
+    for name in names:
+        what, overrides = ROWS[name]
+        results = []
+        for seed in args.seeds.split(","):
+            layer = {k: {**v, **extra.get(k, {})} for k, v in overrides.items()}
+            layer = {**extra, **layer, "train": {**extra.get("train", {}), "seed": int(seed)}}
+            t0 = time.perf_counter()
+            run = stages.train("classify", "quick", sets=layer, out=out / name)
+            seconds = time.perf_counter() - t0
+            model = run.model.eval()
+            row = [seconds, accuracy(model, run.data.test.images, run.data.test.labels)]
+            row += [accuracy(model, s.items.images, s.items.labels) for s in sets]
+            results.append(row)
+        med = [statistics.median(col) for col in zip(*results)]
+        print(f"| {name} | {what} | {med[0]:.0f} | " + " | ".join(f"{v:.1f}" for v in med[1:]) + " |", flush=True)
+
+
+def type_of(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+if __name__ == "__main__":
+    main()
