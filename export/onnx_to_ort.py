@@ -85,8 +85,40 @@ def convert_fp16(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Resize"],
                                      node_block_list=exact_nodes(model))
+    _drop_round_trips(model)
     onnx.save_model(model, str(dst))
     _copy_metadata(src, dst, {"variant": "fp16"})
+
+
+def _drop_round_trips(model: onnx.ModelProto) -> None:
+    """The converter casts every kept-fp32 node's output to fp16 and back for the next one: between
+    two exact nodes, read the fp32 tensor itself (Cast(fp32 -> fp16 -> fp32) is not the identity)."""
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    replace: dict[str, str] = {}
+    for node in graph.node:
+        first = producers.get(node.input[0]) if node.input else None
+        if cast_to(node) == FLOAT and first is not None and cast_to(first) == FLOAT16:
+            replace[node.output[0]] = first.input[0]  # C = fp32(fp16(A)) -> A
+    if not replace:
+        return
+    kept = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in replace)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in replace:
+                node.input[i] = replace[name]
+    for out in graph.output:
+        if out.name in replace:  # a graph output keeps its name: keep that cast
+            kept.append(next(n for n in graph.node if n.output[0] == out.name))
+    used = {name for n in kept for name in n.input} | {o.name for o in graph.output}
+    kept = [n for n in kept if not (n.op_type == "Cast" and cast_to(n) == FLOAT16 and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:

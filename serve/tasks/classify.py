@@ -39,13 +39,18 @@ class ClassifyTab(TaskTab):
     task = "classify"
     title = "Classify"
     endpoints = ("classify", "classify_sketch")
-    # the sketchpad opens with its brush picked: people drag the mouse and ink appears
+    # the sketchpad opens with its brush picked, and picks it again after "Clear canvas" (which drops
+    # the tool): people drag the mouse and ink appears
     on_load_js = """
     const pickBrush = (tries) => {
       const brush = document.querySelector("#classify-sketch button[aria-label='Brush']");
       if (brush) brush.click(); else if (tries > 0) setTimeout(() => pickBrush(tries - 1), 100);
     };
-    pickBrush(100);"""
+    pickBrush(100);
+    document.addEventListener("click", (event) => {
+      if (event.target.closest && event.target.closest("#classify-sketch button[aria-label='Clear canvas']"))
+        setTimeout(() => pickBrush(20), 50);
+    }, true);"""
 
     def check(self, bundle: Bundle) -> None:
         labels = bundle.info.get("labels")
@@ -85,7 +90,7 @@ class ClassifyTab(TaskTab):
                     with gr.Tab("Draw"):
                         sketch = gr.Sketchpad(label="Draw a digit", type="numpy", image_mode="RGBA",
                                               canvas_size=(280, 280), elem_id="classify-sketch",
-                                              brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
+                                              brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"))
                         sketch_btn = gr.Button("Classify drawing", variant="primary", elem_id="classify-sketch-btn")
                     with gr.Tab("Upload"):
                         # image_mode=None: Gradio hands over the uploaded file as is (no decode and

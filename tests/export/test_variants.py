@@ -81,3 +81,31 @@ def test_tensorrt_reason_or_engine(fp32, tmp_path):
     images = random_images(4, 8, 8, 1)
     out = EngineSession(plan.read_bytes(), plan.name)({"image": images})["probs"]
     assert np.abs(out - _probs(src, images)).max() < 1e-2
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int8-static", "int8-dynamic"])
+def test_pre_processing_stays_exact_in_every_variant(fp32, tmp_path, variant):
+    """The contract's exact submodule (the crop to the ink) is left in fp32 and unquantized: the
+    box a variant finds is the box fp32 finds, so a drawing is framed the same in every file."""
+    import onnx
+
+    src, contract = fp32
+    assert contract.exact == ("classifier.preprocess",)
+    exact = set(onnx_to_ort.exact_nodes(onnx.load(str(src))))
+    ops = {n.op_type for n in onnx.load(str(src)).graph.node if n.name in exact}
+    assert {"GridSample", "ReduceMax", "ReduceMin", "Where"} <= ops, ops
+    dst = tmp_path / "v.onnx"
+    if variant == "fp16":
+        onnx_to_ort.convert_fp16(src, dst)
+    else:
+        mode = variant.split("-")[1]
+        train = load_digits().train.images
+        onnx_to_ort.quantize_int8(src, dst, mode, ({"image": train[s : s + 16]} for s in range(0, 64, 16)))
+    model = onnx.load(str(dst))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    (crop,) = [n for n in model.graph.node if n.op_type == "GridSample"]
+    for source in crop.input:
+        assert types.get(source, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, "the crop runs in fp32"
+        producer = producers.get(source)
+        assert producer is None or producer.op_type not in ("DequantizeLinear", "Cast"), producer

@@ -37,7 +37,7 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
         assert v["status"] == "accepted", v
         assert abs(v["accuracy"] - m["variants"]["fp32"]["accuracy"]) <= 0.5
     assert m["metric"] == {"name": "accuracy", "direction": "max", "tolerance": 0.5, "unit": "%", "split": "test",
-                           "also_on": ["drawn"]}
+                           "also_on": ["drawn", "hand2", "fonts"]}
     drawn = m["parity"]["drawn"]  # the drawn-digit set: parity, and the metric per variant beside the test split
     assert drawn["samples"] == 1000 and drawn["top1_agreement"] == 1.0 and drawn["max_abs_diff"] <= 1e-4
     for entry in (*m["variants"].values(), m["metrics"]["onnx_fp32"], m["metrics"]["torch_served"]):

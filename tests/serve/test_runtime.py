@@ -188,11 +188,14 @@ def test_a_variant_that_cannot_be_loaded_is_no_longer_offered(bundle_copy, monke
         b.session("model", "fp16")
 
 
-@pytest.mark.parametrize("case", ["white", "black", "dot", "border ink"])
+@pytest.mark.parametrize("case", ["white", "black", "dot", "border ink", "transparent RGBA"])
 def test_degenerate_drawings_never_give_nan_through_the_graph_alone(bundle_copy, case):
-    """What an embedding app may send as a canvas: every variant answers with probabilities, never NaN."""
+    """What an embedding app may send as a canvas: every variant answers with probabilities, never NaN;
+    a canvas without ink gets a low-confidence answer."""
     canvas = np.full((1, 280, 280, 3), 255, np.uint8)
-    if case == "black":
+    if case == "transparent RGBA":  # a PNG with nothing drawn, its four channels sent as they are
+        canvas = np.zeros((1, 280, 280, 4), np.uint8)
+    elif case == "black":
         canvas[:] = 0
     elif case == "dot":
         canvas[0, 140, 140] = 0
@@ -203,3 +206,5 @@ def test_degenerate_drawings_never_give_nan_through_the_graph_alone(bundle_copy,
         probs = bundle.run({"image": canvas}, variant).outputs["probs"]
         assert np.isfinite(probs).all() and (probs >= 0).all(), variant
         assert abs(float(probs.sum()) - 1.0) <= 1e-2, variant
+        if case in ("white", "black", "transparent RGBA"):
+            assert probs.max() < 0.9, f"{variant}: no ink, yet {probs.max():.2f} sure"
