@@ -45,7 +45,7 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
-    ap.add_argument("--seeds", default="0", help="comma-separated train.seed values; medians are printed")
+    ap.add_argument("--seeds", default="0", help="comma-separated train.seed values; medians (min-max) are printed")
     ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE for every row (e.g. train.epochs=20)")
     ap.add_argument("--out", type=Path, default=None, help="where runs go (default: a temporary folder)")
     args = ap.parse_args()
@@ -72,8 +72,9 @@ def main() -> None:
             row = [seconds, accuracy(model, run.data.test.images, run.data.test.labels)]
             row += [accuracy(model, s.items.images, s.items.labels) for s in sets]
             results.append(row)
-        med = [statistics.median(col) for col in zip(*results)]
-        print(f"| {name} | {what} | {med[0]:.0f} | " + " | ".join(f"{v:.1f}" for v in med[1:]) + " |", flush=True)
+        cols = list(zip(*results))
+        cells = [f"{statistics.median(c):.1f}" + (f" ({min(c):.1f}-{max(c):.1f})" if len(c) > 1 else "") for c in cols[1:]]
+        print(f"| {name} | {what} | {statistics.median(cols[0]):.0f} | " + " | ".join(cells) + " |", flush=True)
 
 
 def type_of(value: str):

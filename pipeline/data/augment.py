@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 LEVELS = ("none", "affine", "strokes")
+REFERENCE_SIDE = 24  # pen and blur sizes are given for a view of this side and scale with the view
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,12 @@ class Ranges:
     shear: float = 0.0  # slant: x += shear * y, uniform in [-shear, shear]
     shift: float = 0.12  # of the half-side, each axis
     elastic: float = 0.0  # std of the smooth displacement, in half-sides
-    pen: tuple[float, float] = (0.0, 0.0)  # pen thickness change, pixels of the view (< 0 thinner)
+    pen: tuple[float, float] = (0.0, 0.0)  # pen thickness change, in pixels of a 24-pixel view (< 0 thinner)
     # grey levels: ink -> (ink - level + width / 2) / width, clipped; a high level keeps the middle
     # of a blurred stroke (thin), a small width gives sharp edges (a drawn line); None: unchanged
     level: tuple[float, float] | None = None
     width: tuple[float, float] = (1.0, 1.0)
-    blur: float = 0.0  # share of images blurred (sigma uniform in [0.4, 1.0] pixels)
+    blur: float = 0.0  # share of images blurred (sigma uniform in [0.4, 1.0] pixels of a 24-pixel view)
 
 
 RANGES = {
@@ -52,6 +53,7 @@ def augment(view: torch.Tensor, generator: torch.Generator, level: str) -> torch
     r = RANGES[level]
     n, _, s, _ = view.shape
     dev = view.device
+    px = s / REFERENCE_SIDE  # one pixel of the reference view, in this view's pixels
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(n, device=dev, generator=generator)  # (N,)
@@ -75,7 +77,7 @@ def augment(view: torch.Tensor, generator: torch.Generator, level: str) -> torch
         grid = grid + F.interpolate(field, size=(s, s), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     ink = F.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if r.pen != (0.0, 0.0):  # grey-level dilation (t > 0) or erosion (t < 0), t pixels of the view
-        t = uniform(*r.pen)[:, None, None, None]
+        t = (uniform(*r.pen) * px).clamp(-1.0, 1.0)[:, None, None, None]  # a 3x3 max/min filter moves 1 pixel
         thick = F.max_pool2d(ink, 3, 1, 1)
         thin = -F.max_pool2d(-ink, 3, 1, 1)
         ink = torch.where(t > 0, ink + t * (thick - ink), ink + (-t) * (thin - ink))
@@ -83,7 +85,7 @@ def augment(view: torch.Tensor, generator: torch.Generator, level: str) -> torch
         width = uniform(*r.width)[:, None, None, None]
         ink = ((ink - uniform(*r.level)[:, None, None, None] + width / 2) / width).clamp(0.0, 1.0)
     if r.blur > 0:
-        sigma = uniform(0.4, 1.0)  # (N,)
+        sigma = uniform(0.4, 1.0) * px  # (N,)
         x = torch.arange(-2, 3, device=dev, dtype=ink.dtype)  # (5,)
         k = torch.exp(-(x[None] ** 2) / (2 * sigma[:, None] ** 2))  # (N, 5)
         k = k / k.sum(1, keepdim=True)

@@ -311,8 +311,9 @@ print(labels[int(probs.argmax())], float(probs.max()))
         if chans == "channels":
             dims["channels"] = DimRange(1, 1, 4)
         return ExportContract(
-            inputs=(TensorSpec("image", "uint8", ("batch", "height", "width", chans),
-                               "pixels in [0, 255], any size; dark ink on light background for the digits"),),
+            inputs=(TensorSpec("image", "uint8", ("batch", "height", "width", chans), "pixels in [0, 255], any size; "
+                               + ("dark ink on light paper, sent as drawn or scanned: the graph crops each image to its "
+                                  "ink and centres it" if cfg.data.crop_to_ink else "resized inside")),),
             outputs=(TensorSpec("probs", "float32", ("batch", cfg.model.num_classes), "class probabilities, sum 1"),),
             dims=dims,
             parity=(Bound("max_abs_diff", "<=", 1e-4), Bound("top1_agreement", ">=", 1.0)),
@@ -324,7 +325,9 @@ print(labels[int(probs.argmax())], float(probs.max()))
             "task": self.name,
             "labels": ",".join(data.class_names),
             "architecture": cfg.model_name,
-            "inputs": "image: uint8 [N,H,W,C], pixels 0..255, any size (resized inside); "
+            "inputs": "image: uint8 [N,H,W,C], pixels 0..255, any size ("
+                      + ("dark ink on light paper, cropped to the ink and resized inside" if cfg.data.crop_to_ink
+                         else "resized inside") + "); "
                       + ("grey network: any channel count is averaged" if cfg.model.in_chans == 1 else "RGB"),
             "outputs": f"probs: float32 [N,{cfg.model.num_classes}], softmax over labels in order",
             "data": data.source,
