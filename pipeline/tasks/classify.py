@@ -91,31 +91,40 @@ PRESETS = {  # smoke / quick / full
 SUPERSAMPLE = 4  # the crop is sampled at this many points per output pixel, then averaged
 INK_LEVEL = 0.5  # a pixel is ink for the bounding box above this share of the image's own contrast
 MIN_CONTRAST = 0.25  # contrast is stretched at most 1 / MIN_CONTRAST times (a faint smudge stays faint)
+STRAY = 0.02  # the box leaves out up to this share of the ink on each side (a stray dot or speck)
 MARGIN = 1.15  # paper side / the ink's longer side, as the scans were framed
 MIN_SIDE = 0.1  # of the image's longer side: a dot is not blown up to fill the paper
 
 
 def crop_to_ink(ink: torch.Tensor, size: int) -> torch.Tensor:
-    """ink (N, c, H, W) in [0, 1] (0 = paper) -> (N, c, size, size): each image's ink, stretched to
-    its own contrast, cropped to its bounding box, centred on a square of paper MARGIN times its
-    longer side, and resized. An image with no ink keeps its whole frame. Standard ONNX ops only
-    (ReduceMin/Max, Where, GridSample, AveragePool), valid for a batch of one size."""
-    n, _, h, w = ink.shape
-    lo = ink.amin(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1): the image's own paper
-    contrast = (ink.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(MIN_CONTRAST)
-    mask = (ink.amax(dim=1) - lo[:, 0]) / contrast[:, 0] > INK_LEVEL  # (N, H, W)
+    """ink (N, c, H, W) in [0, 1] (0 = white) -> (N, c, size, size): each image's ink, measured from
+    its own paper and stretched to its own contrast, cropped to the box that holds its ink (but for
+    STRAY of it on each side), centred on a square of paper MARGIN times the box's longer side, and
+    resized. An image with no ink keeps its whole frame. Standard ONNX ops only (ReduceMean/Max,
+    CumSum, GridSample, AveragePool), valid for a batch of images of one size."""
+    h, w = ink.shape[2], ink.shape[3]
+    # the paper: the mean of the pixels lighter than the image's mean (robust to the bright halo
+    # that sharpening resamplers leave around strokes on grey paper, which the lightest pixel is not)
+    mean = ink.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    light = (ink <= mean).to(ink.dtype)
+    paper = (ink * light).sum(dim=(1, 2, 3), keepdim=True) / light.sum(dim=(1, 2, 3), keepdim=True)
+    contrast = (ink.amax(dim=(1, 2, 3), keepdim=True) - paper).clamp_min(MIN_CONTRAST)
+    mask = ((ink.amax(dim=1) - paper[:, 0]) / contrast[:, 0] > INK_LEVEL).to(ink.dtype)  # (N, H, W)
 
-    def extent(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, L) bool -> first and one-past-last inked index (N,) in pixels; no ink: 0 and L."""
-        length = hit.shape[1]
-        idx = torch.arange(length, device=ink.device, dtype=ink.dtype)
-        first = torch.where(hit, idx, length).amin(dim=1)
-        last = torch.where(hit, idx + 1, 0).amax(dim=1)
-        empty = last <= first
-        return torch.where(empty, 0, first), torch.where(empty, length, last)
+    def extent(profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, L) ink per row or column -> start and end (N,) of the span that holds all but STRAY of
+        the ink on each side, to a fraction of a pixel (so a scan and its enlargement agree); no
+        ink: 0 and L."""
+        after = profile.cumsum(dim=1)  # (N, L): ink up to and including each row
+        total = after[:, -1:]  # (N, 1)
+        before = after - profile
+        cut, rows = STRAY * total, profile.clamp_min(1e-6)
+        start = ((cut - before) / rows).clamp(0.0, 1.0).sum(dim=1)  # whole rows, then the part of one
+        end = ((cut - (total - after)) / rows).clamp(0.0, 1.0).sum(dim=1)  # the same from the other side
+        return start, profile.shape[1] - end
 
-    y0, y1 = extent(mask.any(dim=2))  # (N,) rows
-    x0, x1 = extent(mask.any(dim=1))  # (N,) columns
+    y0, y1 = extent(mask.sum(dim=2))  # (N,) rows
+    x0, x1 = extent(mask.sum(dim=1))  # (N,) columns
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2  # (N,) centre in input pixels
     side = (torch.maximum(y1 - y0, x1 - x0) * MARGIN).clamp_min(MIN_SIDE * torch.sym_max(h, w))  # (N,) paper side
     k = size * SUPERSAMPLE
@@ -124,7 +133,7 @@ def crop_to_ink(ink: torch.Tensor, size: int) -> torch.Tensor:
     gy = 2 * (cy[:, None] + u[None, :] * side[:, None]) / h - 1  # (N, k)
     grid = torch.stack([gx[:, None, :].expand(-1, k, -1), gy[:, :, None].expand(-1, -1, k)], dim=-1)  # (N, k, k, 2)
     crop = F.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (N, c, k, k)
-    crop = ((crop - lo) / contrast).clamp(0.0, 1.0)  # paper 0, darkest ink 1; outside the image: paper
+    crop = ((crop - paper) / contrast).clamp(0.0, 1.0)  # paper 0, darkest ink 1; outside the image: paper
     return F.avg_pool2d(crop, SUPERSAMPLE)  # (N, c, size, size)
 
 

@@ -13,7 +13,7 @@ from tests.export.helpers import classify_setup, random_images
 
 # How far each variant's probabilities may be from fp32's on peaked (not near-uniform) outputs. A
 # different model is far outside every one of them (test_bounds_separate_a_different_model).
-BOUND = {"opt": 1e-5, "fp16": 1e-2, "int8-static": 0.1, "int8-dynamic": 0.1}
+BOUND = {"opt": 1e-5, "fp16": 1e-2, "int8-static": 0.15, "int8-dynamic": 0.15}
 PEAK = 100.0
 
 
@@ -93,7 +93,7 @@ def test_pre_processing_stays_exact_in_every_variant(fp32, tmp_path, variant):
     assert contract.exact == ("classifier.preprocess",)
     exact = set(onnx_to_ort.exact_nodes(onnx.load(str(src))))
     ops = {n.op_type for n in onnx.load(str(src)).graph.node if n.name in exact}
-    assert {"GridSample", "ReduceMax", "ReduceMin", "Where"} <= ops, ops
+    assert {"GridSample", "ReduceMax", "CumSum"} <= ops, ops
     dst = tmp_path / "v.onnx"
     if variant == "fp16":
         onnx_to_ort.convert_fp16(src, dst)
