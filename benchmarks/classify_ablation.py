@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import stages  # noqa: E402
+from pipeline.config import merge, parse_sets  # noqa: E402
 from pipeline.tasks.classify import drawn_sets  # noqa: E402
 
 ROWS = {  # name -> (what it is, --set overrides)
@@ -51,11 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="ablation-"))
     sets = drawn_sets()
-    extra: dict = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        extra.setdefault(section, {})[field] = type_of(value)
+    extra = parse_sets(args.set)  # the CLI's own --set parser
     names = args.rows.split(",")
     print(f"| row | what | seconds | test % | " + " | ".join(f"{s.name} %" for s in sets) + " |")
     print("|---|---|---:|---:|" + "---:|" * len(sets))
@@ -63,8 +60,7 @@ def main() -> None:
         what, overrides = ROWS[name]
         results = []
         for seed in args.seeds.split(","):
-            layer = {k: {**v, **extra.get(k, {})} for k, v in overrides.items()}
-            layer = {**extra, **layer, "train": {**extra.get("train", {}), "seed": int(seed)}}
+            layer = merge(merge(overrides, extra), {"train": {"seed": int(seed)}})
             t0 = time.perf_counter()
             run = stages.train("classify", "quick", sets=layer, out=out / name)
             seconds = time.perf_counter() - t0
@@ -75,15 +71,6 @@ def main() -> None:
         cols = list(zip(*results))
         cells = [f"{statistics.median(c):.1f}" + (f" ({min(c):.1f}-{max(c):.1f})" if len(c) > 1 else "") for c in cols[1:]]
         print(f"| {name} | {what} | {statistics.median(cols[0]):.0f} | " + " | ".join(cells) + " |", flush=True)
-
-
-def type_of(value: str):
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 if __name__ == "__main__":

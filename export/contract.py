@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+EXACT_KEY = "exact_scopes"  # model.onnx metadata: the contract's ``exact`` submodules, comma-separated
+
 
 @dataclass(frozen=True)
 class DimRange:

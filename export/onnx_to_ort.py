@@ -14,12 +14,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from export.contract import EXACT_KEY
+
 
 def exact_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that the exporter placed inside the graph's exact submodules (metadata
     ``exact_scopes``, from the export contract): FP16 and INT8 leave them in fp32."""
-    from export.torch_to_onnx import EXACT_KEY
-
     scopes = next((p.value for p in model.metadata_props if p.key == EXACT_KEY), "")
     scopes = [s for s in scopes.split(",") if s]
     out = []

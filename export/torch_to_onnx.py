@@ -11,10 +11,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.contract import ExportContract
-
-
-EXACT_KEY = "exact_scopes"  # metadata: the contract's ``exact`` submodules, comma-separated
+from export.contract import EXACT_KEY, ExportContract
 
 
 class ExportError(Exception):
