@@ -25,8 +25,15 @@ class DimRange:
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "uint8", "float32", "int64"
-    shape: tuple[str | int, ...]  # ints are fixed, strings name a dimension of ExportContract.dims; () a scalar
+    # ints are fixed, strings name a dimension of ExportContract.dims or a sum of them ("past+seq":
+    # an attention mask over the cache and the new tokens); () a scalar
+    shape: tuple[str | int, ...]
     doc: str = ""
+
+
+def dim_parts(dim: str) -> list[str]:
+    """``"past+seq"`` -> ``["past", "seq"]``: the named dimensions a (possibly derived) size adds up."""
+    return [p.strip() for p in dim.split("+")]
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class ExportContract:
     def __post_init__(self):
         for spec in self.inputs + self.outputs:
             for d in spec.shape:
-                if isinstance(d, str) and spec in self.inputs and d not in self.dims:
+                if isinstance(d, str) and spec in self.inputs and any(p not in self.dims for p in dim_parts(d)):
                     raise ValueError(f"input {spec.name}: dimension {d!r} has no range in dims")
 
     @property
@@ -79,7 +86,8 @@ class ExportContract:
 
     def shape_for(self, spec: TensorSpec, which: Literal["min", "opt", "max"]) -> tuple[int, ...]:
         """A concrete shape of input ``spec`` at one end of its ranges (TensorRT profiles)."""
-        return tuple(d if isinstance(d, int) else getattr(self.dims[d], which) for d in spec.shape)
+        return tuple(d if isinstance(d, int) else sum(getattr(self.dims[p], which) for p in dim_parts(d))
+                     for d in spec.shape)
 
 
 def check_parity(measured: dict[str, float], bounds: tuple[Bound, ...]) -> list[str]:

@@ -7,22 +7,28 @@ import warnings
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 
-from export.contract import EXACT_KEY, ExportContract
+from export.contract import EXACT_KEY, ExportContract, dim_parts
 
 
 class ExportError(Exception):
     """The model could not be exported, or the export does not match PyTorch."""
 
 
-def _dynamic_shapes(contract: ExportContract) -> dict[str, dict[int, torch.export.Dim]]:
+def _dynamic_shapes(contract: ExportContract) -> dict[str, dict[int, Any]]:
+    """torch.export's dynamic shapes from the contract: one Dim per named dimension; a sum ("past+seq",
+    which torch.export cannot write as a Dim of two Dims) is left for the exporter to relate (AUTO)."""
     dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in contract.dims.items()}
-    return {
-        spec.name: {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in contract.inputs
-    }
+
+    def dim(d: str):
+        parts = dim_parts(d)
+        return dims[parts[0]] if len(parts) == 1 else torch.export.Dim.AUTO
+
+    return {spec.name: {i: dim(d) for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in contract.inputs}
 
 
 def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], contract: ExportContract, path: Path,

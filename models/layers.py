@@ -56,6 +56,27 @@ class FeedForward(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer): each query/key channel pair is rotated by an angle that
+    grows with the position, so q . k depends on the offset between two positions, not on where they
+    are. x (N, nh, T, hs) and positions (T,) or (N, T) -> (N, nh, T, hs); hs even."""
+
+    def __init__(self, head_dim: int, base: float = 10_000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary positions need an even head size, got {head_dim}")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.float()[..., None] * self.inv_freq  # (T, hs/2) or (N, T, hs/2)
+        if angles.dim() == 3:
+            angles = angles[:, None]  # (N, 1, T, hs/2): the same for every head
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)  # channel i pairs with channel i + hs/2
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head scaled dot-product attention (book 5.x).
 
@@ -64,7 +85,7 @@ class MultiHeadAttention(nn.Module):
     so that graphs with a KV cache stay correct.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, rotary: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -72,31 +93,71 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
+        self.rotary = Rotary(dim // num_heads) if rotary else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(N, T, D) -> q, k, v (N, nh, T, hs) each; q and k rotated by ``positions`` (T,) or (N, T)
+        when the attention is rotary (default positions 0..T-1)."""
         n, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (N, T, D)
-        # (N, T, D) -> (N, nh, T, hs)
-        q, k, v = (z.view(n, t, self.num_heads, d // self.num_heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(n, t, d)  # (N, nh, T, hs) -> (N, T, D)
-        return self.proj(y)
+        q, k, v = (z.view(n, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+                   for z in self.qkv(x).split(d, dim=-1))
+        if self.rotary is not None:
+            positions = torch.arange(t, device=x.device) if positions is None else positions
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               is_causal: bool = False) -> torch.Tensor:
+        """q (N, nh, T, hs) over k, v (N, nh, K, hs) -> (N, T, D) after the output projection."""
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        n, _, t, _ = q.shape
+        return self.proj(y.transpose(1, 2).reshape(n, t, -1))  # (N, nh, T, hs) -> (N, T, D)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(*self.heads(x, positions), mask, is_causal)
+
+    def forward_cached(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor,
+                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The KV-cache path: x (N, T, D) are the new tokens, past_k / past_v (N, nh, P, hs) the cached
+        keys and values of the P tokens before them (P may be 0; rotary keys are cached rotated);
+        ``mask`` (N or 1, 1, T, P + T) bool says which keys each new token may see (explicit: a
+        top-left ``is_causal`` mask is wrong when P > 0); ``positions`` (N, T) of the new tokens.
+        Returns y (N, T, D) and the cache with the new tokens, k / v (N, nh, P + T, hs)."""
+        q, k, v = self.heads(x, positions)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        # written out rather than scaled_dot_product_attention: its ONNX decomposition transposes and
+        # scales the whole cache at every step (a copy of K per layer per byte); here the scale goes on
+        # q and ORT fuses the transpose into the MatMul
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (N, nh, T, P + T)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        n, _, t, _ = q.shape
+        return self.proj((weights @ v).transpose(1, 2).reshape(n, t, -1)), k, v
 
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + MHA(LN(x)), then x + FFN(LN(x)). (N, T, D) -> (N, T, D)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, rotary: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.attn = MultiHeadAttention(dim, num_heads, dropout, rotary)
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, int(dim * mlp_ratio), dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask, is_causal, positions))
         return x + self.drop(self.ffn(self.ln2(x)))
+
+    def forward_cached(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor,
+                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` over new tokens x (N, T, D) with a KV cache (see MultiHeadAttention.forward_cached)."""
+        y, k, v = self.attn.forward_cached(self.ln1(x), past_k, past_v, mask, positions)
+        x = x + self.drop(y)
+        return x + self.drop(self.ffn(self.ln2(x))), k, v
 
 
 class LearnedPositionalEmbedding(nn.Module):

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from models.gpt import GPT, GPTConfig
 from models.lenet import LeNet, LeNetConfig
 from models.mlp import MLP, MLPConfig
 from models.resnet import ResNet, ResNetConfig
@@ -19,6 +20,7 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "lenet": (LeNetConfig, LeNet),
     "resnet": (ResNetConfig, ResNet),
     "vit": (ViTConfig, ViT),
+    "gpt": (GPTConfig, GPT),
 }
 
 

@@ -6,14 +6,19 @@ import json
 from serve.bundle import graph_files, metric_columns, shown
 
 
-def benchmark_table(rows: list[dict], axes: list[str], columns: list[tuple[str, str]], unit: str) -> str:
-    """Markdown: a row per backend and case; ``columns`` (title, row key) are the metric on each scored set."""
+def benchmark_table(rows: list[dict], axes: list[str], columns: list[tuple[str, str]], unit: str,
+                    baselines: dict[str, dict] | None = None) -> str:
+    """Markdown: a row per backend and case; ``columns`` (title, row key) are the metric on each scored
+    set; ``baselines`` (the task's reference points, not timed) follow as rows of their own."""
     head = ["backend", *axes, "median ms", "p90 ms", f"{unit}/s", *(t for t, _ in columns)]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for r in rows:
         cells = [r["backend"], *(str(r[a]) for a in axes), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                  f"{r['throughput']:,.0f}" if r["throughput"] >= 100 else f"{r['throughput']:.1f}",
                  *(shown(r.get(key)) for _, key in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, values in (baselines or {}).items():
+        cells = [f"{name} (baseline)", *("" for _ in axes), "", "", "", *(shown(values.get(key)) for _, key in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -41,6 +46,11 @@ def model_card(manifest: dict, usage: str) -> str:
                                                                       if k not in ("description",)})
                        for s, p in manifest.get("parity", {}).items())
     tolerance = metric.get("tolerance")
+    baselines = "".join(f"\n\nBaseline, {b}: " + ", ".join(f"{k} {shown(v)}" for k, v in values.items()) + "."
+                        for b, values in manifest.get("baselines", {}).items())
+    samples = "\n\n".join(f"> {_quote(s.get('prompt', ''))}**{_quote(s.get('continuation', ''))}**"
+                           for s in manifest.get("samples", []))
+    samples = f"\n\n## Samples (prompt, then **what the exported model wrote**)\n\n{samples}" if samples else ""
     return f"""# {manifest['task']} model `{manifest['run']}`
 
 A {manifest['architecture']} trained by `python -m pipeline train {manifest['task']} --preset {manifest['preset']}`
@@ -58,7 +68,7 @@ Served defaults (`inference`): `{json.dumps(manifest.get('inference', {}))}`.
 ## Metrics ({name} on {manifest.get('parity', {}).get(metric.get('split'), {}).get('description', 'the held-out set')}{', ' + unit if unit else ''})
 
 PyTorch: {torch_metric if torch_metric is None else f'{torch_metric:.4g}'}. A variant is rejected when it loses
-more than {tolerance}{unit} against fp32 on any of these sets.
+more than {tolerance}{unit} against fp32 on any of these sets.{baselines}
 
 | variant | files | {' | '.join(t for t, _ in columns)} | status |
 | --- | --- |{' ---: |' * len(columns)} --- |
@@ -66,7 +76,7 @@ more than {tolerance}{unit} against fp32 on any of these sets.
 
 Parity of the exported graphs against PyTorch, running the served computation:
 
-{parity}
+{parity}{samples}
 
 ## Run it with onnxruntime and numpy
 
@@ -74,3 +84,10 @@ Parity of the exported graphs against PyTorch, running the served computation:
 
 Training config: `config.json`. Versions: {json.dumps(manifest['versions'])}. Git commit: {manifest.get('git_commit')}.
 """
+
+
+def _quote(text: str) -> str:
+    """Text inside a markdown quote: line breaks kept, markup characters escaped."""
+    for c in "\\*_`<>#[]":
+        text = text.replace(c, "\\" + c)
+    return text.replace("\n", "  \n> ")

@@ -217,6 +217,8 @@ def export(run: Run | str | Path) -> dict[str, Path]:
                          for g, graph in graphs.items()})
         m["metrics"]["onnx_fp32"] = scores
         m["metrics"]["torch_served"] = run.scores(reference)
+        m["baselines"] = task.baselines(run.data, run.cfg)
+        m["samples"] = task.samples(runners, run.data, run.cfg)
         m["examples"] = []
         for index, (name, data) in enumerate(task.examples(run.data, run.cfg)):
             name = safe_file_name(name)
@@ -394,7 +396,7 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
     write_json(run.dir / "benchmark.json", info)
-    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, columns, task.bench_unit))
+    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, columns, task.bench_unit, m.get("baselines")))
     plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
     for f in BENCHMARK_FILES:
         run.record(f)
@@ -410,7 +412,9 @@ def _time_cases(task: Task, cfg: RunConfig, cases: list,
     rows, bcfg = [], cfg.benchmark
     for case in cases:
         for name, (runners, values) in backends.items():
-            timing = time_call(lambda: task.infer(runners, case.items, cfg), bcfg.seconds, bcfg.min_runs)
+            if case.backends and name not in case.backends:
+                continue
+            timing = time_call(task.bench_call(runners, case, cfg), bcfg.seconds, bcfg.min_runs)
             row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
                    "unit": task.bench_unit, **values}
             rows.append(row)

@@ -50,6 +50,7 @@ class TrainConfig:
     lr: float = 2e-3  # (float) peak learning rate
     weight_decay: float = 0.05  # (float) decoupled weight decay (AdamW) or L2 (SGD)
     momentum: float = 0.9  # (float) SGD momentum
+    beta2: float = 0.999  # (float) AdamW's second-moment decay (transformers train faster with 0.95)
     schedule: Literal["cosine", "constant"] = "cosine"  # (str) learning-rate schedule after warm-up
     warmup_epochs: float = 1.0  # (float) linear warm-up length, in epochs (when steps is 0)
     warmup_steps: int = 0  # (int) linear warm-up length, in steps (when steps > 0)
@@ -68,11 +69,13 @@ class TrainConfig:
         for name in ("steps", "eval_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "ema"):
+        for name in ("lr", "weight_decay", "momentum", "beta2", "warmup_epochs", "grad_clip", "ema"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?|mps", self.device):
@@ -143,7 +146,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 

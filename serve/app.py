@@ -48,7 +48,19 @@ def _metrics_table(manifest: dict) -> str:
              "onnx_fp32": "ONNX fp32"}
     rows = [[names.get(k, k), *(shown(v.get(key)) for _, key in columns)]
             for k, v in manifest.get("metrics", {}).items() if isinstance(v, dict)]
+    rows += [[f"{k} (baseline)", *(shown(v.get(key)) for _, key in columns)]
+             for k, v in manifest.get("baselines", {}).items() if isinstance(v, dict)]
     return _table(["model", *(t for t, _ in columns)], rows)
+
+
+def _samples(manifest: dict) -> str:
+    """What the exported model produced on held-out inputs (prompt, then its output in bold)."""
+    out = []
+    for s in manifest.get("samples", [])[:4]:
+        if isinstance(s, dict):
+            parts = [str(s.get(k, "")).replace("\n", " ") for k in ("prompt", "continuation")]
+            out.append(f"- {parts[0]} **{parts[1]}**")
+    return "\n\n**Samples** (seeded, served defaults; the model's output in bold)\n\n" + "\n".join(out) if out else ""
 
 
 def _parity_table(manifest: dict) -> str:
@@ -76,7 +88,7 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
                     f"data: {m.get('data', '-')}; graphs {', '.join(bundle.graphs)}; folder `{bundle.path}`\n\n"
                     f"**Metrics**\n\n{_metrics_table(m)}\n\n"
                     f"**Parity with PyTorch** (the served computation, per held-out set)\n\n{_parity_table(m)}\n\n"
-                    f"**Served defaults**: {served}\n\n**Variants**\n\n" + _variants_table(bundle))
+                    f"**Served defaults**: {served}\n\n**Variants**\n\n" + _variants_table(bundle) + _samples(m))
         bench = bundle.file("benchmark.md")
         if bench:
             gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())

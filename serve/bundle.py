@@ -176,6 +176,8 @@ class Manifest(_Model):
     metrics: dict[str, dict[str, Any]] = {}
     parity: dict[str, dict[str, Any]] = {}
     examples: list[FileName] = []
+    baselines: dict[str, dict[str, float]] = {}  # the metric of reference points people know (xz, ...)
+    samples: list[dict[str, str]] = []  # what the exported model produced on held-out inputs
     files: dict[FileName, FileEntry]
 
     @model_validator(mode="after")

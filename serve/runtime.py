@@ -71,12 +71,15 @@ class IOCheck:
     def __init__(self, io: dict[str, Any]):
         dims = io.get("dims", {})
 
+        def bounds(axis: str) -> tuple[int, int]:
+            """min, max of a named axis, or of a sum of them ("past+seq")."""
+            parts = [dims.get(p.strip(), {}) for p in axis.split("+")]
+            return sum(p.get("min", 0) for p in parts), min(sum(p.get("max", 1 << 62) for p in parts), 1 << 62)
+
         def compile_(specs):
             out = []
             for s in specs:
-                axes = tuple((a, None, None) if isinstance(a, int) else (a, dims.get(a, {}).get("min", 0),
-                                                                         dims.get(a, {}).get("max", 1 << 62))
-                             for a in s["shape"])
+                axes = tuple((a, None, None) if isinstance(a, int) else (a, *bounds(a)) for a in s["shape"])
                 out.append((s["name"], np.dtype(s["dtype"]), axes))
             return tuple(out)
 

@@ -32,7 +32,18 @@ def smoke_bundle(tmp_path_factory) -> Path:
     return run_dir
 
 
-BUNDLE_FIXTURES = {"smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client"}
+@pytest.fixture(scope="session")
+def textgen_bundle(tmp_path_factory) -> Path:
+    """One ``run textgen --preset smoke`` bundle, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("artifacts")
+    proc = run_cli("run", "textgen", "--preset", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (out / "textgen").iterdir()
+    return run_dir
+
+
+BUNDLE_FIXTURES = {"smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",
+                   "text_app", "text_client"}
 
 
 def pytest_collection_modifyitems(items):

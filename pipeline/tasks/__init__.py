@@ -8,8 +8,9 @@ from __future__ import annotations
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import Task
 from pipeline.tasks.classify import Classify
+from pipeline.tasks.textgen import TextGen
 
-TASKS: dict[str, Task] = {task.name: task for task in (Classify(),)}
+TASKS: dict[str, Task] = {task.name: task for task in (Classify(), TextGen())}
 
 
 def get_task(name: str) -> Task:

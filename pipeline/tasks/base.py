@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import numpy as np
 import torch
@@ -138,9 +138,10 @@ class EvalSet:
 class BenchCase:
     """One timed cell: ``items`` for :meth:`Task.infer`, the task's axes and the work it does."""
 
-    axes: dict[str, int]  # e.g. {"batch": 32} or {"batch": 1, "new_tokens": 64}
+    axes: dict[str, int | str]  # e.g. {"batch": 32} or {"batch": 1, "phase": "decode", "context": 512}
     items: Any
     units: float  # work per call in Task.bench_unit (samples, tokens, seconds of audio, images)
+    backends: tuple[str, ...] = ()  # only these backends time this case (e.g. "torch eager"); empty: all
 
 
 class Task:
@@ -220,6 +221,21 @@ class Task:
     def benchmark_cases(self, data: Any, cfg: RunConfig) -> list[BenchCase]:
         """What the benchmark times, with the task's axes and units."""
         raise NotImplementedError
+
+    def bench_call(self, runners: Runners, case: BenchCase, cfg: RunConfig) -> Callable[[], Any]:
+        """What one timed call of ``case`` is; untimed set-up (a prompt's KV cache before a decode step)
+        happens here, before the closure is returned. Default: :meth:`infer` on the case's items."""
+        return lambda: self.infer(runners, case.items, cfg)
+
+    def samples(self, runners: Runners, data: Any, cfg: RunConfig) -> list[dict[str, str]]:
+        """What the exported model produces on a few held-out inputs, for people (the manifest's
+        ``samples``, shown in the model card): e.g. {"prompt": ..., "continuation": ...}."""
+        return []
+
+    def baselines(self, data: Any, cfg: RunConfig) -> dict[str, dict[str, float]]:
+        """The task's metric from something people already know (a compressor, a rule), by name:
+        {name: {metric name: value, scored set name: value}}."""
+        return {}
 
     def examples(self, data: Any, cfg: RunConfig) -> list[tuple[str, bytes]]:
         """Held-out examples for the app and model card, as (file name, file bytes) of the task's kind."""

@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from serve.tasks.base import TaskTab
 from serve.tasks.classify import ClassifyTab
+from serve.tasks.textgen import TextTab
 
-TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(),)}
+TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(), TextTab())}

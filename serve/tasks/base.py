@@ -47,6 +47,21 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def guarded_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`guarded` for a generator handler (a streamed answer): its images stay decoded while it
+    streams, and a BundleError raised at any step reaches people as one readable message."""
+
+    def run(*args):
+        try:
+            with decoded(args) as values:
+                yield from fn(*values)
+        except BundleError as e:
+            raise _readable(e) from None
+
+    run.__name__ = getattr(fn, "__name__", "run")
+    return run
+
+
 def _checked(component: Any, preprocess: Callable[[Any], Any], unreadable: str, allow_none: bool = True) -> None:
     """``component`` hands its events what ``preprocess`` makes of the payload; a payload of the
     wrong shape (Gradio's own validation, before any preprocess) or an InputError is ``unreadable``
@@ -120,6 +135,12 @@ def sketch_input(component: Any, unreadable: str) -> None:
         return {"composite": None if composite is None else Picture.of(_file_source(composite))}
 
     _checked(component, preprocess, unreadable)
+
+
+def number_input(component: Any) -> None:
+    """A Slider / Number whose events get the value as sent: the handler checks it (range, NaN, whole
+    numbers) with its own message naming the setting, instead of Gradio's bounds error and traceback."""
+    component.preprocess = lambda payload: payload
 
 
 def choice_input(component: Any, what: str) -> None:

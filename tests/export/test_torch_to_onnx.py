@@ -1,10 +1,10 @@
-"""ONNX == torch for every registered architecture behind the classify wrapper (dynamic batch, size, channels)."""
+"""ONNX == torch for every image classifier behind the classify wrapper (dynamic batch, size, channels)."""
 import numpy as np
 import onnx
 import pytest
 import torch
 
-import models
+from pipeline.tasks.classify import Classify
 from export.contract import Bound, check_parity
 from export.torch_to_onnx import ExportError, export_onnx, read_metadata
 from export.verify import TorchRunner, gate
@@ -12,7 +12,7 @@ from serve.runtime import OrtSession
 from tests.export.helpers import CLASSIFY, classify_setup, random_images
 
 
-@pytest.mark.parametrize("arch", sorted(models.MODELS))
+@pytest.mark.parametrize("arch", sorted(Classify.architectures))
 def test_export_parity(arch, tmp_path):
     cfg, module, contract = classify_setup(arch)
     path = tmp_path / "model.onnx"

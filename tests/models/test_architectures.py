@@ -1,10 +1,14 @@
-"""Every registered architecture: builds from its config, forward shape, backward, config round trip."""
+"""Every registered image classifier: builds from its config, forward shape, backward, config round
+trip (the GPT has its own tests in test_gpt.py)."""
 import dataclasses
 
 import pytest
 import torch
 
 import models
+from pipeline.tasks.classify import Classify
+
+CLASSIFIERS = sorted(Classify.architectures)
 
 # per architecture, the non-default fields the tests build it with (small, and not the defaults, so a
 # field the module ignores shows up as a wrong parameter count)
@@ -13,10 +17,11 @@ CASES = {"mlp": {"hidden": (32, 16)}, "lenet": {"channels": (8, 16), "hidden": 2
 
 
 def test_every_registered_model_is_tested():
-    assert set(CASES) == set(models.MODELS)
+    assert set(CASES) | {"gpt"} == set(models.MODELS)
+    assert set(CASES) == set(CLASSIFIERS)
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_forward_backward(name, in_chans):
     cfg = dataclasses.replace(models.config_class(name)(), in_chans=in_chans, num_classes=7, image_size=16,
@@ -34,7 +39,7 @@ def test_forward_backward(name, in_chans):
     assert small < default < 5_000_000, "the CASES fields must shape the model"
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_rebuilt_from_config(name):
     """Habit 2: the config dataclass alone rebuilds the same module (same state-dict keys and shapes)."""
     a = models.create_model(name)
@@ -44,7 +49,7 @@ def test_rebuilt_from_config(name):
 
 
 def test_unknown_model_lists_known():
-    with pytest.raises(KeyError, match="known: lenet, mlp, resnet, vit"):
+    with pytest.raises(KeyError, match="known: gpt, lenet, mlp, resnet, vit"):
         models.create_model("alexnet")
 
 

@@ -1,0 +1,232 @@
+"""Text generation end to end: the smoke bundle's graph and manifest, the graph alone in plain
+onnxruntime, the served loop, the app through gradio_client (streaming, bad input) and Chromium."""
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from serve.runtime import Bundle
+from serve.tasks import textgen as loop
+
+pytestmark = pytest.mark.slow
+
+
+def _manifest(run_dir) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_one_graph_with_the_decoder_with_past_names(textgen_bundle):
+    m = _manifest(textgen_bundle)
+    layers = m["info"]["layers"]
+    io = m["graphs"]["model"]["io"]
+    inputs = [s["name"] for s in io["inputs"]]
+    outputs = [s["name"] for s in io["outputs"]]
+    assert inputs == ["input_ids", "attention_mask", *loop.past_names(layers)]
+    assert outputs == ["logits", *(loop.present_name(n) for n in loop.past_names(layers))]
+    spec = {s["name"]: s for s in io["inputs"]}
+    assert spec["input_ids"]["dtype"] == spec["attention_mask"]["dtype"] == "int64"
+    assert spec["past_key_values.0.key"]["shape"] == ["batch", m["info"]["heads"], "past", m["info"]["head_dim"]]
+    assert io["dims"]["past"]["min"] == 0 and io["outputs"][0]["shape"] == ["batch", "seq", 256]
+    graph = onnx.load(str(textgen_bundle / "model.onnx"))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input]
+    assert dims[0] == ["batch", "seq"] and isinstance(dims[1][1], str) and dims[2][2] == "past"
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert {"vocabulary", "context", "layers", "heads", "head_dim", "special_bytes"} <= set(meta)
+
+
+def test_export_verified_the_served_loop(textgen_bundle):
+    m = _manifest(textgen_bundle)
+    for name in ("test", "stress"):
+        p = m["parity"][name]
+        assert p["greedy_agreement"] == 1.0 and p["max_abs_prefill_logit_diff"] <= 1e-3
+        assert p["bits_per_byte_diff"] <= 0.01
+    assert m["metric"]["direction"] == "min" and m["metric"]["name"] == "bits_per_byte"
+    assert math.isclose(m["variants"]["fp32"]["bits_per_byte"], m["metrics"]["torch_served"]["bits_per_byte"],
+                        abs_tol=0.01)
+    for v in ("opt", "int8", "fp16"):
+        entry = m["variants"][v]
+        assert entry["status"] in ("accepted", "rejected")
+        if entry["status"] == "accepted":  # lower is better: accepted means at most max_drop worse
+            assert entry["bits_per_byte"] <= m["variants"]["fp32"]["bits_per_byte"] + m["metric"]["tolerance"]
+    assert 1.0 < m["baselines"]["xz -9e (train text as context)"]["bits_per_byte"] < 4.0
+    assert len(m["samples"]) >= 3 and all(s["continuation"] for s in m["samples"])
+    card = (textgen_bundle / "MODEL_CARD.md").read_text()
+    assert "xz -9e" in card and "Samples" in card
+
+
+def test_benchmark_has_prefill_decode_and_the_uncached_reference(textgen_bundle):
+    rows = json.loads((textgen_bundle / "benchmark.json").read_text())["rows"]
+    uncached = {r["backend"] for r in rows if r["cache"] == "no"}
+    assert uncached == {"torch eager"}
+    phases = {(r["backend"], r["phase"]) for r in rows}
+    for backend in ("torch eager", "ORT fp32"):
+        assert {(backend, "prefill"), (backend, "decode")} <= phases
+    assert all(r["unit"] == "tokens" and r["median_ms"] > 0 for r in rows)
+    assert "(baseline)" in (textgen_bundle / "benchmark.md").read_text()
+
+
+def test_the_graph_alone_in_plain_onnxruntime(textgen_bundle):
+    """What an app in any language does: metadata for the cache, then a greedy loop on the cache;
+    it matches serve's loop byte for byte."""
+    session = ort.InferenceSession(str(textgen_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    layers, heads, head_dim = (int(meta[k]) for k in ("layers", "heads", "head_dim"))
+    ids = np.frombuffer(b"The value of", np.uint8).astype(np.int64)[None]
+    past = {f"past_key_values.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32)
+            for i in range(layers) for kv in ("key", "value")}
+    out = bytearray()
+    for _ in range(12):
+        mask = np.ones((1, past["past_key_values.0.key"].shape[2] + ids.shape[1]), np.int64)
+        logits, *present = session.run(None, {"input_ids": ids, "attention_mask": mask, **past})
+        past = dict(zip(past, present))
+        ids = logits[:, -1:].argmax(-1)
+        out.append(int(ids[0, 0]))
+    bundle = Bundle.open(textgen_bundle)
+    ours = loop.complete(bundle.session("model"), ["The value of"], loop.Sampling(temperature=0, max_new_tokens=12),
+                         loop.CacheSpec.of(bundle.info))
+    assert ours.data[0] == bytes(out)
+
+
+def test_every_variant_runs_the_loop(textgen_bundle):
+    bundle = Bundle.open(textgen_bundle)
+    spec = loop.CacheSpec.of(bundle.info)
+    for variant in bundle.variants():
+        out = loop.complete(bundle.session("model", variant), ["Return the", "é"],
+                            loop.Sampling(temperature=0.7, top_k=20, max_new_tokens=8, seed=1), spec)
+        assert [len(d) for d in out.data] == [8, 8]
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+@pytest.fixture(scope="module")
+def text_app(textgen_bundle, tmp_path_factory):
+    from serve.app import build_app
+    from serve.discover import find_bundles
+    from tests.serve.conftest import free_port
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(textgen_bundle, root / "textgen" / textgen_bundle.name)
+    bundles, problems = find_bundles(root)
+    assert set(bundles) == {"textgen"} and not problems
+    app = build_app(bundles, problems)
+    app.queue(default_concurrency_limit=8)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def text_client(text_app):
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from gradio_client import Client
+
+    return Client(text_app, verbose=False)
+
+
+def test_generate_streams_through_the_api(text_client):
+    job = text_client.submit("The function returns", 0.0, 0, 1.0, 60, 0, "fp32", api_name="/generate")
+    updates = []
+    while not job.done():
+        time.sleep(0.02)
+    for text, status in job.outputs():
+        updates.append(text)
+    assert len(updates) >= 3, "the continuation comes in pieces"
+    assert all(b.startswith(a) for a, b in zip(updates, updates[1:])), "each update extends the last"
+    final_text, final_status = job.result()
+    assert final_status.startswith("done: 60 bytes") and "tokens/s" in final_status
+    again = text_client.predict("The function returns", 0.0, 0, 1.0, 60, 0, "fp32", api_name="/generate")
+    assert again[0] == final_text  # greedy is deterministic
+
+
+def test_seeded_sampling_through_the_api(text_client):
+    a = text_client.predict("import", 1.0, 40, 0.9, 30, 7, "fp32", api_name="/generate")[0]
+    b = text_client.predict("import", 1.0, 40, 0.9, 30, 7, "fp32", api_name="/generate")[0]
+    assert a == b
+
+
+def test_long_and_non_ascii_prompts(text_client):
+    long = "word " * 500  # 2,500 bytes; the smoke model's context is 64
+    text, status = text_client.predict(long, 0.0, 0, 1.0, 10, 0, "fp32", api_name="/generate")
+    assert "first 2437 bytes were dropped" in status
+    text, status = text_client.predict("naïve café 日本", 1.5, 0, 1.0, 40, 3, "fp32", api_name="/generate")
+    assert status.startswith("done") and isinstance(text, str)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("", 0.8, 0, 0.9, 20, 0), "the prompt is empty"),
+    (("Hi", 0.8, 0, 0.9, loop.MAX_NEW_TOKENS + 1, 0), "over this server's limit"),
+    (("Hi", -1.0, 0, 0.9, 20, 0), "temperature must be"),
+    (("Hi", 0.8, -2, 0.9, 20, 0), "top_k must be"),
+    (("Hi", 0.8, 0, 0.0, 20, 0), "top_p must be"),
+    (("Hi", 0.8, 0, 0.9, 20, -3), "seed must be"),
+])
+def test_bad_input_is_one_readable_message_and_serving_goes_on(text_client, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        text_client.predict(*args, "fp32", api_name="/generate")
+    assert text_client.predict("Hi", 0.0, 0, 1.0, 5, 0, "fp32", api_name="/generate")[1].startswith("done")
+
+
+def test_chromium_sees_the_text_stream_in(text_app, tmp_path):
+    from tests.serve.test_browser import ARGS, CHROMIUM, SCREENSHOTS
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have playwright and /usr/bin/chromium (.ci/run installs them)")
+        pytest.skip("playwright or /usr/bin/chromium is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 950})
+        page.goto(text_app)
+        page.fill("#text-prompt textarea", "The module provides")
+        page.fill("#text-max-new input[type=number]", "400")
+        page.press("#text-max-new input[type=number]", "Enter")
+        page.click("#text-generate")
+        seen = []
+        for _ in range(400):
+            value = page.input_value("#text-output textarea")
+            if value and (not seen or value != seen[-1]):
+                seen.append(value)
+            if page.input_value("#text-status textarea").startswith("done"):
+                break
+            page.wait_for_timeout(25)
+        final = page.input_value("#text-output textarea")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "text-stream.png"))
+        status = page.input_value("#text-status textarea")
+        browser.close()
+    assert status.startswith("done: 400 bytes"), status
+    assert len(seen) >= 3, f"the text did not stream in: {len(seen)} distinct states"
+    assert all(final.startswith(s) for s in seen)
+
+
+def test_train_on_your_own_text_folder(tmp_path):
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"note{i}.txt").write_text(f"Note number {i}. " + "The quick brown fox jumps over the dog. " * 40)
+    proc = run_cli("train", "textgen", "--preset", "smoke", "--data", str(folder), "--out", str(tmp_path / "a"),
+                   "--set", "train.steps=4", "--set", "train.eval_every=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = (tmp_path / "a" / "textgen").iterdir()
+    assert "texts" in json.loads((run / "manifest.json").read_text())["data"]
+    bad = run_cli("train", "textgen", "--preset", "smoke", "--data", str(tmp_path / "nothing"), "--out",
+                  str(tmp_path / "b"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "no such file" in bad.stderr
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("*.json"))
