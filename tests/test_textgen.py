@@ -133,7 +133,7 @@ def text_client(text_app):
 
 
 def test_generate_streams_through_the_api(text_client):
-    job = text_client.submit("The function returns", 0.0, 0, 1.0, 60, 0, "fp32", api_name="/generate")
+    job = text_client.submit("The function returns", 0.0, 0, 1.0, 1024, 0, "fp32", api_name="/generate")
     updates = []
     while not job.done():
         time.sleep(0.02)
@@ -142,8 +142,8 @@ def test_generate_streams_through_the_api(text_client):
     assert len(updates) >= 3, "the continuation comes in pieces"
     assert all(b.startswith(a) for a, b in zip(updates, updates[1:])), "each update extends the last"
     final_text, final_status = job.result()
-    assert final_status.startswith("done: 60 bytes") and "tokens/s" in final_status
-    again = text_client.predict("The function returns", 0.0, 0, 1.0, 60, 0, "fp32", api_name="/generate")
+    assert final_status.startswith("done: 1024 bytes") and "tokens/s" in final_status
+    again = text_client.predict("The function returns", 0.0, 0, 1.0, 1024, 0, "fp32", api_name="/generate")
     assert again[0] == final_text  # greedy is deterministic
 
 
@@ -193,23 +193,24 @@ def test_chromium_sees_the_text_stream_in(text_app, tmp_path):
         page = browser.new_page(viewport={"width": 1200, "height": 950})
         page.goto(text_app)
         page.fill("#text-prompt textarea", "The module provides")
-        page.fill("#text-max-new input[type=number]", "400")
+        page.fill("#text-max-new input[type=number]", "1024")
         page.press("#text-max-new input[type=number]", "Enter")
+        # the page records the continuation's every state, frame by frame, while it streams
+        page.evaluate("""() => { window.seen = []; const tick = () => {
+            const t = document.querySelector('#text-output textarea');
+            if (t && t.value && t.value !== window.seen[window.seen.length - 1]) window.seen.push(t.value);
+            requestAnimationFrame(tick); }; tick(); }""")
         page.click("#text-generate")
-        seen = []
-        for _ in range(400):
-            value = page.input_value("#text-output textarea")
-            if value and (not seen or value != seen[-1]):
-                seen.append(value)
-            if page.input_value("#text-status textarea").startswith("done"):
-                break
-            page.wait_for_timeout(25)
+        page.wait_for_function("() => document.querySelector('#text-status textarea').value.startsWith('done')",
+                               timeout=60_000)
+        page.wait_for_timeout(200)
+        seen = page.evaluate("() => window.seen")
         final = page.input_value("#text-output textarea")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "text-stream.png"))
         status = page.input_value("#text-status textarea")
         browser.close()
-    assert status.startswith("done: 400 bytes"), status
+    assert status.startswith("done: 1024 bytes"), status
     assert len(seen) >= 3, f"the text did not stream in: {len(seen)} distinct states"
     assert all(final.startswith(s) for s in seen)
 
@@ -230,3 +231,24 @@ def test_train_on_your_own_text_folder(tmp_path):
                   str(tmp_path / "b"))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "no such file" in bad.stderr
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("*.json"))
+
+
+def test_a_stream_can_be_stopped_and_serving_goes_on(text_client):
+    job = text_client.submit("Stop me", 1.0, 0, 1.0, 1024, 1, "fp32", api_name="/generate")
+    while not job.outputs():
+        time.sleep(0.005)
+    job.cancel()
+    time.sleep(0.3)
+    assert text_client.predict("Hi", 0.0, 0, 1.0, 5, 0, "fp32", api_name="/generate")[1].startswith("done")
+
+
+def test_nan_from_the_api_is_a_readable_message(text_app, text_client):
+    """JSON clients cannot send NaN, but Python's json (the server's) reads it: plain HTTP does."""
+    import httpx
+
+    body = '{"data": ["Hi", NaN, 0, 0.9, 20, 0, "fp32"]}'
+    event = httpx.post(f"{text_app}gradio_api/call/generate", content=body,
+                       headers={"Content-Type": "application/json"}).json()["event_id"]
+    stream = httpx.get(f"{text_app}gradio_api/call/generate/{event}", timeout=30).text
+    assert "event: error" in stream and "temperature must be a finite number" in stream, stream[-500:]
+    assert text_client.predict("Hi", 0.0, 0, 1.0, 5, 0, "fp32", api_name="/generate")[1].startswith("done")

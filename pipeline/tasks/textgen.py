@@ -163,8 +163,8 @@ class BenchItems:
 
 
 def prompts_from(text: bytes, count: int, length: int, seed: int) -> list[bytes]:
-    """``count`` prompts of ``length`` bytes cut from ``text`` at deterministic places, each ending
-    after a space and starting at a UTF-8 character boundary."""
+    """``count`` prompts of at most ``length`` bytes cut from ``text`` at deterministic places, each
+    ending after a space and starting on a word (or at least at a UTF-8 character boundary)."""
     rng = np.random.default_rng(seed)
     out: list[bytes] = []
     if len(text) <= length + 1:
@@ -174,6 +174,8 @@ def prompts_from(text: bytes, count: int, length: int, seed: int) -> list[bytes]
         space = text.rfind(b" ", int(start) + length // 2, end)
         end = space + 1 if space > 0 else end
         begin = end - length
+        space = text.find(b" ", begin, begin + length // 3)  # start on a word where one starts soon
+        begin = space + 1 if space >= 0 and begin > 0 else begin
         while 0 < begin < end - 1 and (text[begin] & 0xC0) == 0x80:  # not inside a multi-byte character
             begin += 1
         out.append(text[begin:end])

@@ -32,6 +32,7 @@ GRAPH = "model"
 VOCAB = 256
 MAX_NEW_TOKENS = 1024  # the server's limit per request (the loop itself has none)
 MAX_PROMPT_BYTES = 100_000  # a longer prompt is refused before anything is encoded
+STREAM_EVERY = 0.03  # seconds between the streamed updates of the Text tab (the text arrives as it grows)
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -402,13 +403,14 @@ class TextTab(TaskTab):
             note = (f"the prompt is longer than the model's context: its first {dropped[0]} bytes were dropped; "
                     if dropped[0] else "")
             runner = bundle.session(GRAPH, variant)
-            text, t0, count = "", time.perf_counter(), 0
+            text, t0, count, shown_at = "", time.perf_counter(), 0, 0.0
             for step in generate(runner, data, sampling, spec):
                 count += 1
-                if step.text[0]:
-                    text += step.text[0]
-                    rate = count / (time.perf_counter() - t0)
-                    yield text, f"{note}{count} bytes, {rate:.0f} tokens/s ({bundle.describe(variant)})"
+                text += step.text[0]
+                now = time.perf_counter()
+                if step.text[0] and now - shown_at >= STREAM_EVERY:  # each update costs the server ~1 ms
+                    shown_at = now
+                    yield text, f"{note}{count} bytes, {count / (now - t0):.0f} tokens/s ({bundle.describe(variant)})"
             seconds = time.perf_counter() - t0
             yield text, (f"{note}done: {count} bytes in {seconds:.2f} s, {count / seconds:.0f} tokens/s (a token "
                          f"is a byte; {bundle.describe(variant)})")
