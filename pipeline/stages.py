@@ -219,6 +219,11 @@ def export(run: Run | str | Path) -> dict[str, Path]:
         m["metrics"]["torch_served"] = run.scores(reference)
         m["baselines"] = task.baselines(run.data, run.cfg)
         m["samples"] = task.samples(runners, run.data, run.cfg)
+        for name, data in task.bundle_files(run.cfg, run.data).items():
+            name = safe_file_name(name)
+            with atomic_path(run.dir / name) as t:
+                t.write_bytes(data)
+            run.record(name)
         m["examples"] = []
         for index, (name, data) in enumerate(task.examples(run.data, run.cfg)):
             name = safe_file_name(name)

@@ -252,3 +252,27 @@ def test_nan_from_the_api_is_a_readable_message(text_app, text_client):
     stream = httpx.get(f"{text_app}gradio_api/call/generate/{event}", timeout=30).text
     assert "event: error" in stream and "temperature must be a finite number" in stream, stream[-500:]
     assert text_client.predict("Hi", 0.0, 0, 1.0, 5, 0, "fp32", api_name="/generate")[1].startswith("done")
+
+
+def test_onnxruntime_genai_runs_the_same_model(textgen_bundle):
+    """The bundle's genai_config.json and byte-level tokenizer.json: onnxruntime-genai runs model.onnx
+    as it is, and its greedy bytes are ours."""
+    og = pytest.importorskip("onnxruntime_genai")
+    for name in ("genai_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert name in _manifest(textgen_bundle)["files"]
+    model = og.Model(str(textgen_bundle))
+    tokenizer = og.Tokenizer(model)
+    assert list(tokenizer.encode("naïve café")) == list("naïve café".encode())
+    prompt = "The return value".encode()
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + 30)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([list(prompt)], np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    theirs = bytes(list(generator.get_sequence(0))[len(prompt):])
+    bundle = Bundle.open(textgen_bundle)
+    ours = loop.complete(bundle.session("model"), [prompt], loop.Sampling(temperature=0, max_new_tokens=30),
+                         loop.CacheSpec.of(bundle.info)).data[0]
+    # genai stops at the NUL byte (its end-of-text); up to there, byte for byte the same
+    assert ours.startswith(theirs.rstrip(b"\0")) and (len(theirs) == 30 or 0 in ours)

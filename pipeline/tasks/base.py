@@ -237,6 +237,11 @@ class Task:
         {name: {metric name: value, scored set name: value}}."""
         return {}
 
+    def bundle_files(self, cfg: RunConfig, data: Any) -> dict[str, bytes]:
+        """Files other runtimes need beside the graphs (an onnxruntime-genai config, a tokenizer), by
+        name: written at export into the bundle's folder and listed with their sha256."""
+        return {}
+
     def examples(self, data: Any, cfg: RunConfig) -> list[tuple[str, bytes]]:
         """Held-out examples for the app and model card, as (file name, file bytes) of the task's kind."""
         return []

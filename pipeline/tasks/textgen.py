@@ -11,6 +11,7 @@ the prompt's logits, and bits per byte of the held-out documents.
 """
 from __future__ import annotations
 
+import json
 import lzma
 import math
 from dataclasses import dataclass
@@ -269,7 +270,20 @@ for _ in range(80):  # greedy, one byte per call on the KV cache
 print(out.decode("utf-8", errors="replace"))
 ```
 Sampling (temperature, top-k, top-p, stop sequences, batches with left padding) and bits/byte of a
-text file: `serve/tasks/textgen.py` (numpy only): `generate`, `complete`, `bits_per_byte`."""
+text file: `serve/tasks/textgen.py` (numpy only): `generate`, `complete`, `bits_per_byte`.
+
+With onnxruntime-genai (`pip install onnxruntime-genai`), the bundle folder is a model folder as it
+is (`genai_config.json`, and a byte-level `tokenizer.json`: token id = byte value; the NUL byte ends
+a generation):
+```python
+import onnxruntime_genai as og
+model = og.Model("path/to/bundle"); tokenizer = og.Tokenizer(model)
+params = og.GeneratorParams(model); params.set_search_options(do_sample=False, max_length=200)
+generator = og.Generator(model, params); generator.append_tokens(tokenizer.encode("The return value"))
+while not generator.is_done():
+    generator.generate_next_token()
+print(tokenizer.decode(generator.get_sequence(0)))
+```"""
 
     # -- data and model ------------------------------------------------------------------------
 
@@ -445,6 +459,12 @@ text file: `serve/tasks/textgen.py` (numpy only): `generate`, `complete`, `bits_
                                                                                       data.bytes["test"]),
                                                    "stress": xz_bits_per_byte(data.bytes["train"], data.stress)}}
 
+    def bundle_files(self, cfg: RunConfig, data: TextData) -> dict[str, bytes]:
+        """onnxruntime-genai runs ``model.onnx`` as it is with these: its config and a byte-level
+        tokenizer (HF ``tokenizer.json``: token id = byte value)."""
+        return {name: json.dumps(value, ensure_ascii=False, indent=1).encode()
+                for name, value in genai_files(cfg.model).items()}
+
     def examples(self, data: TextData, cfg: RunConfig) -> list[tuple[str, bytes]]:
         prompts = prompts_from(data.bytes["test"], 6, 48, 13)
         lines = [p.decode("utf-8", errors="replace").replace("\n", " ").strip() for p in prompts]
@@ -463,3 +483,42 @@ def xz_bits_per_byte(context: bytes, text: bytes) -> float:
         return len(lzma.compress(b, preset=9 | lzma.PRESET_EXTREME))
 
     return (size(context + corpus.SEPARATOR.encode() + text) - size(context)) * 8 / len(text)
+
+
+def genai_files(m) -> dict[str, dict]:
+    """``genai_config.json``, ``tokenizer.json`` and ``tokenizer_config.json`` for onnxruntime-genai.
+
+    The generic ``decoder`` type with our input/output names (``gpt2`` would expect one stacked cache
+    per layer); the cache is not shared between past and present (the graph concatenates); there is
+    no end-of-text byte, so the NUL byte (id 0) plays it. The tokenizer is GPT-2's byte-level BPE with
+    no merges and each byte's character mapped to the byte's own value.
+    """
+    names = {"input_ids": "input_ids", "attention_mask": "attention_mask",
+             "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+    outputs = {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
+    config = {
+        "model": {"type": "decoder", "vocab_size": loop.VOCAB, "context_length": m.context,
+                  "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+                  "decoder": {"filename": "model.onnx", "session_options": {"provider_options": []},
+                              "head_size": m.dim // m.heads, "hidden_size": m.dim, "num_attention_heads": m.heads,
+                              "num_hidden_layers": m.layers, "num_key_value_heads": m.heads,
+                              "inputs": names, "outputs": outputs}},
+        "search": {"do_sample": False, "max_length": m.context, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
+                   "no_repeat_ngram_size": 0, "diversity_penalty": 0.0}}
+    # GPT-2's byte -> printable character table: printable bytes stand for themselves, the rest are
+    # moved to 256 + n
+    shown = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = {b: chr(b) for b in shown}
+    chars.update({b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in chars)})
+    level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                 "pre_tokenizer": {"type": "ByteLevel", **level}, "post_processor": None,
+                 "decoder": {"type": "ByteLevel", **level},
+                 "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                           "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                           "vocab": {chars[b]: b for b in range(256)}, "merges": []}}
+    tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "add_bos_token": False, "add_eos_token": False,
+                        "model_max_length": m.context}
+    return {"genai_config.json": config, "tokenizer.json": tokenizer, "tokenizer_config.json": tokenizer_config}
