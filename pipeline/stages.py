@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm import tqdm
 
 from export import onnx_to_engine, onnx_to_ort
-from export.benchmark import time_call
+from export.benchmark import sample_call, summarize
 from export.torch_to_onnx import export_onnx
 from export.verify import TorchRunner, gate
 from pipeline import plots
@@ -413,19 +414,28 @@ def benchmark(run: Run | str | Path) -> list[dict]:
 def _time_cases(task: Task, cfg: RunConfig, cases: list,
                 backends: dict[str, tuple[dict, dict]]) -> list[dict]:
     """Every backend on every case, side by side: the median and p90 latency of the task's served
-    computation, the throughput in the task's unit, and the backend's metric."""
-    rows, bcfg = [], cfg.benchmark
-    for case in cases:
-        for name, (runners, values) in backends.items():
-            if case.backends and name not in case.backends:
-                continue
-            timing = time_call(task.bench_call(runners, case, cfg), bcfg.seconds, bcfg.min_runs)
-            row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
-                   "unit": task.bench_unit, **values}
-            rows.append(row)
-            axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
-            print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
-                  f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
+    computation, the throughput in the task's unit, and the backend's metric. The grid is timed in
+    ``rounds`` passes and each cell's timings pooled over them (drift moves every cell alike)."""
+    bcfg = cfg.benchmark
+    cells = [(case, name, values, task.bench_call(runners, case, cfg))
+             for case in cases for name, (runners, values) in backends.items()
+             if not case.backends or name in case.backends]
+    times: list[list[float]] = [[] for _ in cells]
+    with tqdm(total=len(cells) * bcfg.rounds, desc="benchmark", leave=False, disable=None) as bar:
+        for r in range(bcfg.rounds):
+            for i, (_, _, _, call) in enumerate(cells):
+                times[i] += sample_call(call, bcfg.seconds / bcfg.rounds, -(-bcfg.min_runs // bcfg.rounds),
+                                        warmup=3 if r == 0 else 1)
+                bar.update(1)
+    rows = []
+    for (case, name, values, _), t in zip(cells, times):
+        timing = summarize(t)
+        row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
+               "unit": task.bench_unit, **values}
+        rows.append(row)
+        axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
+        print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
+              f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
     return rows
 
 

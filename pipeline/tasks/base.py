@@ -61,10 +61,16 @@ class BenchmarkConfig:
     seconds: float = 2.0  # (float) time budget per backend and case
     min_runs: int = 5  # (int) fewest timed calls per backend and case
     threads: int = 0  # (int) intra-op threads for ORT and torch; 0 = all cores
+    # (int) passes over every backend and case, each with seconds / rounds per cell; a cell's timings
+    # are pooled over the passes, so a machine that speeds up or slows down during the benchmark moves
+    # every cell alike and the ratios between them hold
+    rounds: int = 3
 
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.seconds > 0 or self.min_runs < 1:
             raise ValueError("batch_sizes must be >= 1 (at least one), seconds > 0 and min_runs >= 1")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: all cores), got {self.threads}")
 
