@@ -103,7 +103,10 @@ def choose(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> np.ndar
     temperature-scaled distribution restricted to the top k bytes and to the top-p nucleus."""
     if s.greedy:
         return logits.argmax(-1).astype(np.int64)
-    z = logits.astype(np.float64) / s.temperature  # (N, V)
+    # the max first, then the temperature: a tiny temperature gives -inf for every byte but the best
+    # (dividing first overflowed to inf - inf = NaN)
+    with np.errstate(over="ignore"):  # -x / tiny -> -inf: exactly what it should be
+        z = (logits.astype(np.float64) - logits.max(-1, keepdims=True)) / s.temperature  # (N, V), max 0
     if s.top_k and s.top_k < z.shape[-1]:
         kth = np.partition(z, -s.top_k, axis=-1)[:, -s.top_k, None]
         z = np.where(z < kth, -np.inf, z)
@@ -126,7 +129,12 @@ def choose(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> np.ndar
 
 
 def encode(text: str | bytes) -> bytes:
-    return text if isinstance(text, bytes) else text.encode("utf-8")
+    if isinstance(text, bytes):
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate (possible in JSON strings): not text
+        raise InputError(f"the prompt is not valid Unicode text ({e.reason} at character {e.start})") from None
 
 
 def left_pad(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -352,15 +360,20 @@ def bits_per_byte(runner: Runner, data: bytes, spec: CacheSpec, batch: int = 8) 
 
 def _number(value: Any, name: str, integer: bool = False) -> Any:
     """A value from the API or the form as a number (a readable InputError otherwise)."""
+    shown = repr(value)[:40]
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number, got {shown}")
+    if integer and isinstance(value, (int, np.integer)):  # exact, however large (ranges are checked after)
+        return int(value)
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {str(value)[:40]!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be a number, got {shown}") from None
     if not math.isfinite(x):
-        raise InputError(f"{name} must be a finite number, got {value!r}")
+        raise InputError(f"{name} must be a finite number, got {shown}")
     if integer:
         if x != int(x):
-            raise InputError(f"{name} must be a whole number, got {value!r}")
+            raise InputError(f"{name} must be a whole number, got {shown}")
         return int(x)
     return x
 
@@ -372,7 +385,7 @@ def sampling_from(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any,
     new = _number(max_new_tokens, "max new tokens", integer=True)
     if new > limit:
         raise InputError(f"max new tokens {new} is over this server's limit of {limit}")
-    seed_value = None if seed in (None, "", -1) else _number(seed, "seed", integer=True)
+    seed_value = None if seed in (None, "", -1, "-1") else _number(seed, "seed", integer=True)
     return Sampling(temperature=_number(temperature, "temperature"), top_k=_number(top_k, "top_k", integer=True),
                     top_p=_number(top_p, "top_p"), max_new_tokens=new, seed=seed_value, stop=stop)
 

@@ -165,6 +165,8 @@ def test_bad_settings_are_one_readable_error(kwargs, message):
     ({"max_new_tokens": loop.MAX_NEW_TOKENS + 1}, "over this server's limit"),
     ({"temperature": "hot"}, "temperature must be a number"), ({"top_k": 2.5}, "whole number"),
     ({"temperature": float("inf")}, "finite"), ({"seed": float("nan")}, "finite"),
+    ({"temperature": 10**400}, "temperature must be a number"), ({"top_k": True}, "top_k must be a number"),
+    ({"seed": 2**63}, "seed must be"),
 ])
 def test_api_values_are_checked(raw, message):
     values = {"temperature": 0.8, "top_k": 0, "top_p": 0.9, "max_new_tokens": 20, "seed": 0, **raw}
@@ -180,3 +182,18 @@ def test_temperature_zero_is_greedy_and_empty_seed_is_random():
 def test_empty_prompt_is_refused(runner):
     with pytest.raises(InputError, match="empty"):
         loop.complete(runner, [""], Sampling(max_new_tokens=2), SPEC)
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    """Dividing by 1e-308 overflowed to inf - inf: the draw must still be the best byte."""
+    logits = np.array([[0.5, 3.0, -1.0, 2.9], [7.0, 1.0, 0.0, 6.5]], np.float32)
+    for t in (1e-308, 2.2e-308, 1e-30):
+        got = loop.choose(logits, Sampling(temperature=t), np.random.default_rng(0))
+        assert got.tolist() == [1, 0]
+
+
+def test_exact_big_seeds_and_a_lone_surrogate():
+    assert loop.sampling_from(0.8, 0, 1.0, 5, 2**53 + 1).seed == 2**53 + 1
+    assert loop.sampling_from(0.8, 0, 1.0, 5, "-1").seed is None
+    with pytest.raises(InputError, match="not valid Unicode"):
+        loop.prepare(["ab\ud800cd"], 32)
