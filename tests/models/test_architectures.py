@@ -56,3 +56,19 @@ def test_unknown_model_lists_known():
 def test_wrong_config_type():
     with pytest.raises(TypeError, match="takes a ViTConfig"):
         models.create_model("vit", models.config_class("mlp")())
+
+
+def test_resnet_backbone_and_head_split():
+    """timm's split: forward_features gives one map per stage (strides 1, 2, 4), forward_head the logits;
+    together they are forward, and parameter names are those of the checkpoints before the split."""
+    cfg = models.config_class("resnet")(widths=(8, 16, 32), blocks=(1, 2, 1), image_size=16)
+    model = models.create_model("resnet", cfg).eval()
+    x = torch.randn(2, 1, 20, 12)
+    feats = model.forward_features(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 8, 20, 12), (2, 16, 10, 6), (2, 32, 5, 3)]
+    assert model.feature_channels == (8, 16, 32) and model.feature_strides == (1, 2, 4)
+    with torch.no_grad():
+        split = model.forward_head(model.forward_features(x))
+        whole = model.head(model.stages(model.stem(x)))
+    assert torch.equal(split, whole) and torch.equal(model(x), whole)
+    assert "stages.3.body.0.0.weight" in model.state_dict() and not any("stage_ends" in k for k in model.state_dict())
