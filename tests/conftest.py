@@ -22,24 +22,25 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
+def smoke_run(task: str, tmp_path_factory) -> Path:
+    """``run TASK --preset smoke`` in a fresh process; the bundle's folder."""
+    out = tmp_path_factory.mktemp("artifacts")
+    proc = run_cli("run", task, "--preset", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (out / task).iterdir()
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def smoke_bundle(tmp_path_factory) -> Path:
-    """One ``run classify --preset smoke`` bundle, shared by the tests that only read it."""
-    out = tmp_path_factory.mktemp("artifacts")
-    proc = run_cli("run", "classify", "--preset", "smoke", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (out / "classify").iterdir()
-    return run_dir
+    """One classify smoke bundle, shared by the tests that only read it."""
+    return smoke_run("classify", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def textgen_bundle(tmp_path_factory) -> Path:
-    """One ``run textgen --preset smoke`` bundle, shared by the tests that only read it."""
-    out = tmp_path_factory.mktemp("artifacts")
-    proc = run_cli("run", "textgen", "--preset", "smoke", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (out / "textgen").iterdir()
-    return run_dir
+    """One textgen smoke bundle, shared by the tests that only read it."""
+    return smoke_run("textgen", tmp_path_factory)
 
 
 BUNDLE_FIXTURES = {"smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",

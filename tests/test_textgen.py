@@ -178,19 +178,9 @@ def test_bad_input_is_one_readable_message_and_serving_goes_on(text_client, args
 
 
 def test_chromium_sees_the_text_stream_in(text_app, tmp_path):
-    from tests.serve.test_browser import ARGS, CHROMIUM, SCREENSHOTS
+    from tests.serve.test_browser import SCREENSHOTS, chromium_page
 
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if sync_playwright is None or not shutil.which(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have playwright and /usr/bin/chromium (.ci/run installs them)")
-        pytest.skip("playwright or /usr/bin/chromium is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 950})
+    with chromium_page() as page:
         page.goto(text_app)
         page.fill("#text-prompt textarea", "The module provides")
         page.fill("#text-max-new input[type=number]", "1024")
@@ -209,7 +199,6 @@ def test_chromium_sees_the_text_stream_in(text_app, tmp_path):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "text-stream.png"))
         status = page.input_value("#text-status textarea")
-        browser.close()
     assert status.startswith("done: 1024 bytes"), status
     assert len(seen) >= 3, f"the text did not stream in: {len(seen)} distinct states"
     assert all(final.startswith(s) for s in seen)

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="module")
-def page():
+@contextmanager
+def chromium_page():
+    """A page in Debian's headless Chromium (skipped where it or playwright is missing; CI must have both)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -27,6 +29,12 @@ def page():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield browser.new_page(viewport={"width": 1200, "height": 950})
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    with chromium_page() as p:
+        yield p
 
 
 def _result(page) -> str:
