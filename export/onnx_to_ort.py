@@ -25,7 +25,8 @@ def exact_nodes(model: onnx.ModelProto) -> list[str]:
     out = []
     for node in model.graph.node:
         names = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        if any(f"'{s}'" in names for s in scopes):  # a list literal of the module paths the node is in
+        # a list literal of the module paths the node is in; a scope holds its submodules too ("heads": "heads.0")
+        if any(f"'{s}'" in names or f"'{s}." in names for s in scopes):
             out.append(node.name)
     return out
 
@@ -52,10 +53,13 @@ class _Calibration:
         raise NotImplementedError
 
 
-def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None) -> None:
+def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None,
+                  ops: Iterable[str] = ()) -> None:
     """INT8: ``static`` (QDQ, per-channel weights, activations calibrated on ``calibration``) or
     ``dynamic`` (weights only; activations quantized at run time, MatMul/Gemm-heavy models); the
-    exact nodes (pre/post-processing) are left in fp32."""
+    exact nodes (pre/post-processing) are left in fp32. ``ops``: the operator types to quantize
+    (empty: the quantizer's default set, which also quantizes the Concat, Reshape and Transpose
+    outputs that may feed the exact nodes, e.g. a detector's raw scores)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -69,10 +73,10 @@ def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
                 raise ValueError("static INT8 needs calibration batches")
             quantize_static(str(prepared), str(dst), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=exact)
+                            nodes_to_exclude=exact, op_types_to_quantize=list(ops) or None)
         elif mode == "dynamic":
             quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=exact)
+                             nodes_to_exclude=exact, op_types_to_quantize=list(ops) or None)
         else:
             raise ValueError(f"unknown INT8 mode {mode!r}; known: static, dynamic")
     _copy_metadata(src, dst, {"variant": f"int8-{mode}"})

@@ -13,6 +13,8 @@ from models.gpt import GPT, GPTConfig
 from models.lenet import LeNet, LeNetConfig
 from models.mlp import MLP, MLPConfig
 from models.resnet import ResNet, ResNetConfig
+from models.ssd import SSD, SSDConfig
+from models.unet import UNet, UNetConfig
 from models.vit import ViT, ViTConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
@@ -21,6 +23,8 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "resnet": (ResNetConfig, ResNet),
     "vit": (ViTConfig, ViT),
     "gpt": (GPTConfig, GPT),
+    "ssd": (SSDConfig, SSD),
+    "unet": (UNetConfig, UNet),
 }
 
 

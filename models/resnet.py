@@ -20,6 +20,7 @@ class ResNetConfig(ClassifierConfig):
     blocks: tuple[int, ...] = (1, 1, 1)  # (list[int]) residual blocks per stage
     act: str = "relu"  # (str) relu | gelu
     dropout: float = 0.0  # (float) dropout before the head
+    stem_stride: int = 1  # (int) the stem's stride: 1 for small images, 2 (or 4) for scenes a detector reads
 
 
 class ResNet(nn.Module):
@@ -30,7 +31,7 @@ class ResNet(nn.Module):
         if len(cfg.widths) != len(cfg.blocks):
             raise ValueError(f"widths {cfg.widths} and blocks {cfg.blocks} must have the same length")
         self.cfg = cfg
-        self.stem = ConvBNAct(cfg.in_chans, cfg.widths[0], 3, 1, cfg.act)  # (N, w0, S, S)
+        self.stem = ConvBNAct(cfg.in_chans, cfg.widths[0], 3, cfg.stem_stride, cfg.act)  # (N, w0, S/stem, S/stem)
         stages: list[nn.Module] = []
         c_in = cfg.widths[0]
         self.stage_ends: list[int] = []  # index in self.stages of each stage's last block
@@ -53,11 +54,11 @@ class ResNet(nn.Module):
 
     @property
     def feature_strides(self) -> tuple[int, ...]:
-        """Input pixels per feature-map cell, per stage: 1, 2, 4, ..."""
-        return tuple(2**i for i in range(len(self.cfg.widths)))
+        """Input pixels per feature-map cell, per stage: stem_stride times 1, 2, 4, ..."""
+        return tuple(self.cfg.stem_stride * 2**i for i in range(len(self.cfg.widths)))
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, C, H, W) -> one map per stage, (N, widths[i], H / 2^i, W / 2^i) (rounded up), the deepest last."""
+        """(N, C, H, W) -> one map per stage, (N, widths[i], H / stride_i, W / stride_i) (rounded up), the deepest last."""
         x = self.stem(x)
         out = []
         for i, block in enumerate(self.stages):

@@ -50,7 +50,7 @@ def model_card(manifest: dict, usage: str) -> str:
                         for b, values in manifest.get("baselines", {}).items())
     samples = "\n\n".join(f"> {_quote(s.get('prompt', ''))}**{_quote(s.get('continuation', ''))}**"
                            for s in manifest.get("samples", []))
-    samples = f"\n\n## Samples (prompt, then **what the exported model wrote**)\n\n{samples}" if samples else ""
+    samples = f"\n\n## Samples (the held-out input, then **what the exported model gave**)\n\n{samples}" if samples else ""
     return f"""# {manifest['task']} model `{manifest['run']}`
 
 A {manifest['architecture']} trained by `python -m pipeline train {manifest['task']} --preset {manifest['preset']}`

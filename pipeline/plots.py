@@ -24,8 +24,9 @@ def plot_curves(records: list[dict], metric: str, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     if train:
         ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train (step)")
-    if val:
+    if val and all("loss" in r for r in val):
         ax1.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", ms=3, label="validation")
+    if val:
         ax2.plot([r["step"] for r in val], [r[metric] for r in val], "o-", ms=3, color="C2")
     ax1.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
     ax1.legend()

@@ -57,7 +57,7 @@ def _int8_builder(mode: str) -> Builder:
             if batches is None or graph not in batches:
                 raise ValueError(f"{run.task.name} gives no calibration data for static INT8")
             calibration = batches[graph]
-        onnx_to_ort.quantize_int8(src, dst, mode, calibration)
+        onnx_to_ort.quantize_int8(src, dst, mode, calibration, run.cfg.optimize.int8_ops)
 
     return build
 
@@ -183,7 +183,7 @@ def _verify(run: Run, runners: dict[str, Any], what: str) -> tuple[dict[str, dic
     for es in run.eval_sets:
         reference = run.task.infer(run.torch_runners, es.items, run.cfg)
         candidate = run.task.infer(runners, es.items, run.cfg)
-        measured = run.task.parity(reference, candidate)
+        measured = run.task.parity(reference, candidate, es.items)
         gate(measured, bounds, f"{what} on {es.description}")
         results[es.name] = {**measured, "description": es.description, "samples": es.samples}
         references[es.name] = reference
@@ -385,6 +385,9 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             raise PipelineError(f"{run.dir}: {e}; {rebuild(variant)}") from None
         name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
         backends[name] = (runners, {key: m["variants"][variant].get(key) for _, key in columns})
+        if variant == "fp32":  # the same graph with ORT's threads spinning when idle (python -m serve --spin)
+            spinning = Bundle.open(run.dir, threads=bcfg.threads, spin=True).runners("fp32")
+            backends["ORT fp32 spin"] = (spinning, dict(backends[name][1]))
     cases = task.benchmark_cases(run.data, run.cfg)
     if not cases:
         raise PipelineError(f"task {task.name} names no benchmark case")

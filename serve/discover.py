@@ -9,8 +9,10 @@ from serve.runtime import Bundle
 from serve.tasks import TABS
 
 
-def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[str, Bundle], list[str]]:
-    """The newest bundle per task (or the named ``runs``), and one line per bundle that could not be used."""
+def find_bundles(root: str | Path, runs: list[str] | None = None, spin: bool = False
+                 ) -> tuple[dict[str, Bundle], list[str]]:
+    """The newest bundle per task (or the named ``runs``), and one line per bundle that could not be
+    used; ``spin``: their ORT sessions' idle threads spin (:class:`serve.runtime.OrtSession`)."""
     root = Path(root)
     problems: list[str] = []
     chosen: dict[str, Bundle] = {}
@@ -25,7 +27,7 @@ def find_bundles(root: str | Path, runs: list[str] | None = None) -> tuple[dict[
         if task in chosen:
             continue
         try:
-            bundle = Bundle.open(run_dir)
+            bundle = Bundle.open(run_dir, spin=spin)
             if bundle.task != task:
                 raise BundleError(f"{run_dir}: a {bundle.task!r} bundle in the {task!r} folder; move it to "
                                   f"{root / bundle.task}")

@@ -36,13 +36,15 @@ class OrtSession:
     """An ONNX Runtime session on the preferred available providers, called with named inputs."""
 
     def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int = 0,
-                 name: str = "the graph"):
+                 name: str = "the graph", spin: bool = False):
         available = ort.get_available_providers()
         asked = providers or [p for p in PREFERRED if p in available]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        # a server runs many small requests side by side: idle ORT threads must sleep, not spin
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # a server runs many small requests side by side: idle ORT threads sleep rather than spin.
+        # ``spin``: they spin (ORT's own default, and what torch's OpenMP threads do), waking at once
+        # for the next operator: lower latency for one request at a time, a busy core when idle
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         # no CPU arena: a large input (a 4000x4000 upload) would grow it for good (580 MB after one
         # request, 3.8 GB after 8 at once); without it memory returns after the request. Measured
         # on the smoke LeNet: 71 vs 71 us at 28x28, 1.00 vs 1.00 ms at 280x280 (median of 2,000).
@@ -157,18 +159,19 @@ class Bundle:
     unusable: dict[str, str] = field(default_factory=dict)  # variant -> why it could not be loaded here
     checks: dict[str, IOCheck] = field(default_factory=dict, repr=False)  # graph -> compiled I/O check
     threads: int = 0  # ORT intra-op threads; 0: all cores
+    spin: bool = False  # ORT's idle threads spin (lower latency, one request at a time) instead of sleeping
     _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path, threads: int = 0) -> "Bundle":
+    def open(cls, path: str | Path, threads: int = 0, spin: bool = False) -> "Bundle":
         """Read and check the manifest; files are checked for presence and size here, and hashed
         when first opened (:meth:`session`, :meth:`file`)."""
         path = Path(path)
         manifest = read_manifest(path)
         check_graphs(manifest, str(path))
-        bundle = cls(path, manifest, threads=threads)
+        bundle = cls(path, manifest, threads=threads, spin=spin)
         for name, entry in manifest["files"].items():
             p = path / name
             if not p.is_file():
@@ -260,7 +263,7 @@ class Bundle:
         try:
             data = self._read_verified(name)
             session = (EngineSession(data, name) if variant == "tensorrt"
-                       else OrtSession(data, threads=self.threads, name=name))
+                       else OrtSession(data, threads=self.threads, name=name, spin=self.spin))
         except BundleError as e:  # not offered again: the next request must not pay for a retry
             self.unusable[variant] = str(e)
             raise

@@ -43,8 +43,20 @@ def textgen_bundle(tmp_path_factory) -> Path:
     return smoke_run("textgen", tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def detect_bundle(tmp_path_factory) -> Path:
+    """One detect smoke bundle, shared by the tests that only read it."""
+    return smoke_run("detect", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def segment_bundle(tmp_path_factory) -> Path:
+    """One segment smoke bundle, shared by the tests that only read it."""
+    return smoke_run("segment", tmp_path_factory)
+
+
 BUNDLE_FIXTURES = {"smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",
-                   "text_app", "text_client"}
+                   "text_app", "text_client", "detect_bundle", "segment_bundle", "scene_app", "scene_client"}
 
 
 def pytest_collection_modifyitems(items):

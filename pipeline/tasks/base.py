@@ -44,6 +44,9 @@ class OptimizeConfig:
     # time (MatMul-heavy nets); auto: static, then dynamic where static fails or loses more than max_drop
     int8: Literal["auto", "static", "dynamic"] = "auto"
     calibration_samples: int = 256  # (int) training samples used to calibrate static INT8
+    # (list[str]) ONNX operator types INT8 quantizes, e.g. [Conv, MatMul, Gemm]; empty: the quantizer's
+    # default set (which also quantizes Concat/Reshape/Transpose outputs, such as a detector's raw scores)
+    int8_ops: tuple[str, ...] = ()
     # (float) how much of the task's metric (in its unit) a variant may lose against fp32 before it is
     # rejected; unset: the task's own tolerance
     max_drop: float | None = None
@@ -216,8 +219,8 @@ class Task:
         """Metrics of :meth:`infer`'s outputs on an eval set (``metric.name`` among them)."""
         raise NotImplementedError
 
-    def parity(self, reference: Any, candidate: Any) -> dict[str, float]:
-        """How far two runs of :meth:`infer` are apart; gated by each graph contract's parity bounds."""
+    def parity(self, reference: Any, candidate: Any, items: Any = None) -> dict[str, float]:
+        """How far two runs of :meth:`infer` on ``items`` are apart; gated by each graph contract's parity bounds."""
         raise NotImplementedError
 
     def calibration(self, data: Any, cfg: RunConfig, samples: int) -> dict[str, Iterable[Feeds]] | None:

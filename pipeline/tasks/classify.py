@@ -366,7 +366,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
     def score(self, outputs: np.ndarray, items: ImageSplit, cfg: RunConfig) -> dict[str, float]:
         return {"accuracy": 100.0 * float((outputs.argmax(-1) == items.labels).mean())}
 
-    def parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    def parity(self, reference: np.ndarray, candidate: np.ndarray, items=None) -> dict[str, float]:
         a, b = reference.astype(np.float64), candidate.astype(np.float64)
         return {"max_abs_diff": float(np.abs(a - b).max()),
                 "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}

@@ -380,7 +380,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
     def score(self, outputs: TextOutputs, items: TextItems, cfg: RunConfig) -> dict[str, float]:
         return {"bits_per_byte": outputs.bits_per_byte}
 
-    def parity(self, reference: TextOutputs, candidate: TextOutputs) -> dict[str, float]:
+    def parity(self, reference: TextOutputs, candidate: TextOutputs, items=None) -> dict[str, float]:
         a, b = reference.completion, candidate.completion
         same = [x == y for x, y in zip(a.data, b.data)]
         both = np.isfinite(a.prefill_logits) & np.isfinite(b.prefill_logits)

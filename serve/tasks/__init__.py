@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from serve.tasks.base import TaskTab
 from serve.tasks.classify import ClassifyTab
+from serve.tasks.detect import DetectTab
+from serve.tasks.segment import SegmentTab
 from serve.tasks.textgen import TextTab
 
-TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(), TextTab())}
+TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(), DetectTab(), SegmentTab(), TextTab())}

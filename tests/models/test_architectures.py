@@ -1,5 +1,5 @@
 """Every registered image classifier: builds from its config, forward shape, backward, config round
-trip (the GPT has its own tests in test_gpt.py)."""
+trip (the GPT has its own tests in test_gpt.py, the SSD and U-Net in test_dense.py)."""
 import dataclasses
 
 import pytest
@@ -17,7 +17,7 @@ CASES = {"mlp": {"hidden": (32, 16)}, "lenet": {"channels": (8, 16), "hidden": 2
 
 
 def test_every_registered_model_is_tested():
-    assert set(CASES) | {"gpt"} == set(models.MODELS)
+    assert set(CASES) | {"gpt", "ssd", "unet"} == set(models.MODELS)
     assert set(CASES) == set(CLASSIFIERS)
 
 
@@ -49,7 +49,7 @@ def test_rebuilt_from_config(name):
 
 
 def test_unknown_model_lists_known():
-    with pytest.raises(KeyError, match="known: gpt, lenet, mlp, resnet, vit"):
+    with pytest.raises(KeyError, match="known: gpt, lenet, mlp, resnet, ssd, unet, vit"):
         models.create_model("alexnet")
 
 

@@ -341,7 +341,7 @@ print(greedy_decode(runners, ["hello"], 10, cache={"layers": 2, "heads": 4, "hea
     def score(self, outputs: Decoded, items: list[str], cfg: RunConfig) -> dict[str, float]:
         return {"exact_match": exact_match(outputs.texts, items)}
 
-    def parity(self, reference: Decoded, candidate: Decoded) -> dict[str, float]:
+    def parity(self, reference: Decoded, candidate: Decoded, items=None) -> dict[str, float]:
         """Share of identical decoded texts, and the largest logit difference over every decode
         step of the rows decoded identically (their steps saw the same inputs)."""
         same = np.array([a == b for a, b in zip(reference.texts, candidate.texts)])

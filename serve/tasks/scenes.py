@@ -1,0 +1,67 @@
+"""What the Detect and Segment tabs share: held-out scenes shipped in the bundle, and the image input."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from serve.inputs import InputError
+from serve.runtime import Bundle
+from serve.tasks.base import guarded, image_input
+
+NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
+
+
+def scene_files(bundle: Bundle) -> list[Path]:
+    """The bundle's held-out scenes (examples/*.png, written at export), checked against the manifest."""
+    return [p for name in bundle.manifest.get("examples", []) if (p := bundle.file(name))]
+
+
+def new_scene(bundle: Bundle) -> str:
+    """A held-out scene the network never trained on, drawn at random: its file's path."""
+    files = scene_files(bundle)
+    if not files:
+        raise InputError("this bundle ships no held-out scenes; upload an image")
+    return str(random.choice(files))
+
+
+def need_image(image: np.ndarray | None) -> np.ndarray:
+    if image is None:
+        raise InputError("no image: upload one or press \"New scene\"")
+    return image
+
+
+def colours(count: int) -> list[str]:
+    """``count`` distinct hex colours (class i -> colours[i]), the same on every call."""
+    import colorsys
+
+    out = []
+    for i in range(count):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.61803) % 1.0, 0.85, 0.95)
+        out.append(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}")
+    return out
+
+
+def scene_input(prefix: str, action: str) -> tuple:
+    """The scene column's top (inside an open Gradio column): the upload, "New scene" and the button
+    that runs the model, with elem_ids ``<prefix>-upload``, ``<prefix>-new-scene``, ``<prefix>-go``."""
+    import gradio as gr
+
+    # image_mode=None: the file goes to serve.inputs as uploaded (decoded once, size-checked first)
+    upload = gr.Image(label="Scene", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                      elem_id=f"{prefix}-upload")
+    with gr.Row():
+        scene_btn = gr.Button("New scene", elem_id=f"{prefix}-new-scene")
+        go = gr.Button(action, variant="primary", elem_id=f"{prefix}-go")
+    return upload, scene_btn, go
+
+
+def wire_scene(bundle: Bundle, run, controls: tuple, inputs: list, outputs: list, api: str) -> None:
+    """Events of :func:`scene_input`'s controls: the button runs ``run`` (endpoint ``/<api>``); "New
+    scene" puts a held-out scene in the upload (``/<api>_new_scene``) and runs it."""
+    upload, scene_btn, go = controls
+    image_input(upload, NOT_AN_IMAGE)
+    go.click(guarded(run), inputs, outputs, api_name=api)
+    scene_btn.click(lambda: new_scene(bundle), [], [upload], api_name=f"{api}_new_scene").then(
+        guarded(run), inputs, outputs, api_name=False)
