@@ -415,6 +415,11 @@ def test_chromium_reads_back_the_labels_of_a_known_scene(scene_app):
         assert not page.locator(".toast-body").count(), "moving a slider before any image is silent"
         shown = _run_tab(page, "detect", scene, SCREENSHOTS / "detect.png")
         classes = set(_run_tab(page, "segment", seg_scene, SCREENSHOTS / "segment.png"))
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_timeout(300)
+        models_text = page.inner_text("body")
+    for words in (("detect:", "map50", "matched boxes", "ORT fp32 spin"), ("segment:", "miou", "mask agreement")):
+        assert all(w in models_text for w in words), words
     assert shown == [d.label for d in found] and shown
     assert classes == set(segment(seg, decode_image(seg_scene))[1]) and classes
 

@@ -49,7 +49,7 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
     bench = json.loads((smoke_bundle / "benchmark.json").read_text())
     assert bench["axes"] == ["batch"] and bench["unit"] == "samples"
     backends = {r["backend"] for r in bench["rows"]}
-    assert backends == {"torch eager", "ORT fp32", "ORT opt", "ORT int8", "ORT fp16"}
+    assert backends == {"torch eager", "ORT fp32", "ORT fp32 spin", "ORT opt", "ORT int8", "ORT fp16"}
     for r in bench["rows"]:
         assert 0 < r["median_ms"] <= r["p90_ms"]
         assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])

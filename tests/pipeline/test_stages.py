@@ -26,10 +26,10 @@ def bundle(smoke_bundle, tmp_path):
 def test_int8_auto_falls_back_to_dynamic(bundle, monkeypatch):
     real = onnx_to_ort.quantize_int8
 
-    def static_breaks(src, dst, mode, calibration=None):
+    def static_breaks(src, dst, mode, calibration=None, ops=()):
         if mode == "static":
             raise RuntimeError("static quantization unsupported here")
-        return real(src, dst, mode, calibration)
+        return real(src, dst, mode, calibration, ops)
 
     monkeypatch.setattr(onnx_to_ort, "quantize_int8", static_breaks)
     variants = stages.optimize(bundle, int8=True, fp16=False)
@@ -92,7 +92,7 @@ def test_run_all_loads_data_once_builds_the_model_once_and_hashes_each_file_once
     assert hashed.pop(("stages", "model.int8.onnx")) == len(read_manifest(run_dir)["variants"]["int8"]["attempts"])
     assert max(n for k, n in hashed.items() if k != "runtime") == 1, hashed
     accepted = [v for v, entry in read_manifest(run_dir)["variants"].items() if entry["status"] == "accepted"]
-    assert hashed["runtime"] == len(accepted) >= 2
+    assert hashed["runtime"] == len(accepted) + 1 >= 3  # + the benchmark's spinning fp32 session
     assert read_manifest(run_dir)["benchmark"]["file"] == "benchmark.json"
 
 

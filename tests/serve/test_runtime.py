@@ -176,10 +176,10 @@ def test_a_variant_that_cannot_be_loaded_is_no_longer_offered(bundle_copy, monke
     b = Bundle.open(bundle_copy)
     real = serve.runtime.OrtSession
 
-    def refuse_fp16(data, threads=0, name=""):
+    def refuse_fp16(data, threads=0, name="", spin=False):
         if name == "model.fp16.onnx":
             raise BundleError(f"{name} cannot be loaded by onnxruntime: not on this machine")
-        return real(data, threads=threads, name=name)
+        return real(data, threads=threads, name=name, spin=spin)
 
     monkeypatch.setattr(serve.runtime, "OrtSession", refuse_fp16)
     assert "cannot be loaded" in b.warm_up()["fp16"]
