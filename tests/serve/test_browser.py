@@ -105,6 +105,11 @@ def test_draw_digits_with_the_mouse(page, app_url, tmp_path):
     for digit, strokes in DRAWINGS.items():
         page.click("#classify-sketch button[aria-label='Clear canvas']")
         page.wait_for_function("() => !document.querySelector('#classify-latency textarea').value", timeout=30_000)
+        # the page picks the brush again after the clear (which drops it): a person sees it lit, then draws
+        # (under load the re-pick came after the first stroke, which was lost: a 4 read as its last stroke)
+        page.wait_for_timeout(300)
+        page.wait_for_function("() => document.querySelector(\"#classify-sketch button[aria-label='Brush']\")"
+                               ".classList.contains('highlight')", timeout=30_000)
         for stroke in strokes[:-1]:
             _stroke(page, box, stroke)
             page.wait_for_timeout(300)  # a person lifts the pen between strokes
