@@ -38,6 +38,7 @@ from pipeline.train import fit, read_metrics, setup_runtime
 from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, first_line, graph_files,
                           metric_columns, safe_file_name, sha256, shown, variant_file)
 from serve.engine import EngineSession
+from serve.openvino_runtime import OpenVinoSession, openvino_missing
 from serve.runtime import Bundle, OrtSession
 
 PARTIAL = ".partial"
@@ -326,6 +327,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
             for a in attempts]}
     if fp16:
         m["variants"]["fp16"] = make("fp16", BUILDERS["fp16"], ort_session)
+    _judge_openvino(run, sources)
     if tensorrt:
         gpu, version = onnx_to_engine.target()
 
@@ -346,6 +348,31 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     _write_card(run)
     run.save()
     return m["variants"]
+
+
+def _judge_openvino(run: Run, sources: dict[str, Path]) -> None:
+    """The portable graphs run by OpenVINO (no file of their own): scored with the task's loop and
+    judged like a variant; where OpenVINO is not installed, recorded as failed with the reason."""
+    m = run.manifest
+    entry: dict[str, Any]
+    if why := openvino_missing():
+        entry = {"status": "failed", "reason": why}
+    else:
+        try:
+            scores, _ = run.score({g: OpenVinoSession(p.read_bytes(), name=p.name) for g, p in sources.items()})
+            status, reason = run.judge(scores)
+            entry = {"status": status, **scores, **({"reason": reason} if reason else {})}
+        except Exception as e:  # noqa: BLE001 - a runtime that cannot run the graph here is recorded, not fatal
+            entry = {"status": "failed", "reason": f"{e.__class__.__name__}: {first_line(e, 300)}"}
+    for g, src in sources.items():
+        if entry["status"] == "failed":
+            m["graphs"][g]["files"].pop("openvino", None)
+        else:
+            m["graphs"][g]["files"]["openvino"] = src.name
+    m["variants"]["openvino"] = entry
+    run.save()
+    values = "  ".join(f"{key} {shown(entry.get(key))}" for _, key in metric_columns(m))
+    print(f"{'openvino':16s} {entry['status']:9s} {values}  {entry.get('reason', '')}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,12 +405,25 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"  # beside ORT's CUDA provider where there is one
     torch_runners = {g: TorchRunner(graph.module, graph.contract, device) for g, graph in run.graphs.items()}
     backends: dict[str, tuple[dict[str, Any], dict]] = {"torch eager": (torch_runners, torch_metric)}
+    skipped: dict[str, str] = {}
+    if bcfg.torch_compile:  # the peer a PyTorch user would try first: inductor, scored like the rest
+        try:
+            compiled = {g: TorchRunner(torch.compile(graph.module, dynamic=True), graph.contract, device)
+                        for g, graph in run.graphs.items()}
+            scores, _ = run.score(compiled)
+            backends["torch.compile"] = (compiled, {key: scores.get(key) for _, key in columns})
+        except Exception as e:  # noqa: BLE001 - no compiler here, an unsupported op: the row is skipped, saying why
+            skipped["torch.compile"] = f"{e.__class__.__name__}: {first_line(e, 200)}"
+    if why := openvino_missing():
+        skipped["OpenVINO fp32"] = why
+    served: dict[str, str] = {}  # backend name -> the variant serving would run
     for variant in bundle.variants():
         try:
             runners = bundle.runners(variant)
         except BundleError as e:
             raise PipelineError(f"{run.dir}: {e}; {rebuild(variant)}") from None
-        name = "TensorRT" if variant == "tensorrt" else f"ORT {variant}"
+        name = BACKEND_NAMES.get(variant, f"ORT {variant}")
+        served[name] = variant
         backends[name] = (runners, {key: m["variants"][variant].get(key) for _, key in columns})
         if variant == "fp32":  # the same graph with ORT's threads spinning when idle (python -m serve --spin)
             spinning = Bundle.open(run.dir, threads=bcfg.threads, spin=True).runners("fp32")
@@ -400,10 +440,14 @@ def benchmark(run: Run | str | Path) -> list[dict]:
         for graph in run.graphs.values():
             graph.module.cpu()
     axes = list(cases[0].axes)
+    for name, why in skipped.items():
+        print(f"{name}: skipped ({why})", flush=True)
     info = {"cpu": platform.processor() or platform.machine(), "torch_device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
             "threads": bcfg.threads or torch_threads,
-            "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows}
+            "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows,
+            "skipped": skipped}
+    m["serving"] = _fastest(rows, axes, served)
     write_json(run.dir / "benchmark.json", info)
     write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, columns, task.bench_unit, m.get("baselines")))
     plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
@@ -440,6 +484,21 @@ def _time_cases(task: Task, cfg: RunConfig, cases: list,
         print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
               f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
     return rows
+
+
+BACKEND_NAMES = {"tensorrt": "TensorRT", "openvino": "OpenVINO fp32"}  # benchmark rows of served variants
+
+
+def _fastest(rows: list[dict], axes: list[str], served: dict[str, str]) -> dict[str, str]:
+    """Per case ("batch 1", "batch 32 phase decode ..."), the accepted variant serving can run (ONNX
+    Runtime, OpenVINO, TensorRT: not torch) with the lowest median latency."""
+    out: dict[str, tuple[float, str]] = {}
+    for r in rows:
+        if r["backend"] in served:
+            case = " ".join(f"{a} {r[a]}" for a in axes)
+            if case not in out or r["median_ms"] < out[case][0]:
+                out[case] = (r["median_ms"], served[r["backend"]])
+    return {case: variant for case, (_, variant) in out.items()}
 
 
 def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:

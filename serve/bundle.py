@@ -42,6 +42,7 @@ class Variant:
     suffix: str  # file name: <graph><suffix>; the TensorRT suffix also names the GPU and version
     title: str  # what people see (the app's variant picker, tables)
     engine: bool = False  # a TensorRT plan rather than an ONNX file
+    runtime: str = "onnxruntime"  # what runs the file: onnxruntime, tensorrt, openvino
 
 
 # The one variant table. The builders live on the pipeline side (pipeline/stages.py: BUILDERS, plus
@@ -51,7 +52,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("opt", ".opt.onnx", "fp32, ORT-optimized"),
     Variant("int8", ".int8.onnx", "INT8"),
     Variant("fp16", ".fp16.onnx", "FP16"),
-    Variant("tensorrt", ".plan", "TensorRT engine", engine=True),
+    Variant("tensorrt", ".plan", "TensorRT engine", engine=True, runtime="tensorrt"),
+    # the portable model.onnx itself, run by OpenVINO instead of ONNX Runtime (no file of its own)
+    Variant("openvino", ".onnx", "fp32 on OpenVINO", runtime="openvino"),
 )}
 
 
@@ -178,6 +181,8 @@ class Manifest(_Model):
     examples: list[FileName] = []
     baselines: dict[str, dict[str, float]] = {}  # the metric of reference points people know (xz, ...)
     samples: list[dict[str, str]] = []  # what the exported model produced on held-out inputs
+    # the benchmark's fastest accepted variant per case ("batch 1": "openvino"), on the machine it ran on
+    serving: dict[str, str] = {}
     files: dict[FileName, FileEntry]
 
     @model_validator(mode="after")

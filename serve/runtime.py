@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serve.bundle import (BundleError, check_graphs, first_line, graph_files, read_manifest, sha256, sha256_bytes,
-                          variant_title)
+from serve.bundle import (VARIANTS, BundleError, check_graphs, first_line, graph_files, read_manifest, sha256,
+                          sha256_bytes, variant_title)
 from serve.engine import EngineSession, tensorrt_missing
+from serve.openvino_runtime import OpenVinoSession, openvino_missing
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
@@ -217,10 +218,18 @@ class Bundle:
                 continue
             if name in self.unusable:
                 continue
-            if name == "tensorrt" and tensorrt_missing():
+            if (name == "tensorrt" and tensorrt_missing()) or (name == "openvino" and openvino_missing()):
                 continue
             out.append(name)
         return out
+
+    @property
+    def default_variant(self) -> str:
+        """What the app and API run unless asked otherwise: the benchmark's fastest accepted variant at
+        batch 1 on the machine that made the bundle (manifest ``serving``), when it is usable here."""
+        fastest = self.manifest.get("serving", {}).get("batch 1")
+        available = self.variants()
+        return fastest if fastest in available else (available[0] if available else "fp32")
 
     def file(self, name: str) -> Path | None:
         """A listed, intact file of the bundle (hashed on first use), or None."""
@@ -262,7 +271,9 @@ class Bundle:
         name = self.manifest["graphs"][graph]["files"][variant]
         try:
             data = self._read_verified(name)
-            session = (EngineSession(data, name) if variant == "tensorrt"
+            runtime = VARIANTS[variant].runtime if variant in VARIANTS else "onnxruntime"
+            session = (EngineSession(data, name) if runtime == "tensorrt"
+                       else OpenVinoSession(data, threads=self.threads, name=name) if runtime == "openvino"
                        else OrtSession(data, threads=self.threads, name=name, spin=self.spin))
         except BundleError as e:  # not offered again: the next request must not pay for a retry
             self.unusable[variant] = str(e)

@@ -68,6 +68,9 @@ class BenchmarkConfig:
     # are pooled over the passes, so a machine that speeds up or slows down during the benchmark moves
     # every cell alike and the ratios between them hold
     rounds: int = 3
+    # (bool) also time torch.compile (inductor), scored on the held-out sets like every backend; the
+    # smoke presets leave it out (compiling takes longer than their whole run)
+    torch_compile: bool = True
 
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.seconds > 0 or self.min_runs < 1:

@@ -75,7 +75,7 @@ class DataConfig:
 PRESETS = {  # smoke / quick / full
     "smoke": {"model": {"name": "lenet", "channels": [16, 32], "hidden": 64},
               "train": {"epochs": 20, "batch_size": 64, "lr": 4e-3, "warmup_epochs": 0.0},
-              "optimize": {"calibration_samples": 64}, "benchmark": {"batch_sizes": [1, 32], "seconds": 0.1}},
+              "optimize": {"calibration_samples": 64}, "benchmark": {"batch_sizes": [1, 32], "seconds": 0.1, "torch_compile": False}},
     "quick": {"model": {"name": "resnet", "image_size": 24, "widths": [32, 64, 128], "blocks": [1, 1, 1]},
               "train": {"epochs": 40, "batch_size": 64, "lr": 3e-3}},
     "full": {"model": {"name": "resnet", "image_size": 32, "widths": [64, 128, 256], "blocks": [2, 2, 2],

@@ -49,7 +49,7 @@ PRESETS = {
     "smoke": {"model": {"widths": [8, 16, 24, 32], "extra": [32]},
               "data": {"train_scenes": 64, "val_scenes": 8, "test_scenes": 16, "stress_scenes": 4},
               "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.0},
-              "optimize": {"calibration_samples": 16, **INT8}, "benchmark": {"batch_sizes": [1, 4], "seconds": 0.1}},
+              "optimize": {"calibration_samples": 16, **INT8}, "benchmark": {"batch_sizes": [1, 4], "seconds": 0.1, "torch_compile": False}},
     "quick": {"data": {"train_scenes": 12000},
               "train": {"epochs": 4, "batch_size": 32, "lr": 3e-3, "warmup_epochs": 0.2}, "optimize": INT8},
     "full": {"model": {"widths": [32, 64, 128, 192], "blocks": [1, 2, 2, 2], "extra": [192, 192], "levels": 4},

@@ -24,7 +24,7 @@ PRESETS = {
     "smoke": {"model": {"widths": [8, 16, 24], "blocks": [1, 1, 1], "full": 8},
               "data": {"train_scenes": 64, "val_scenes": 8, "test_scenes": 16, "stress_scenes": 4},
               "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.0},
-              "optimize": {"calibration_samples": 16, **INT8}, "benchmark": {"batch_sizes": [1, 4], "seconds": 0.1}},
+              "optimize": {"calibration_samples": 16, **INT8}, "benchmark": {"batch_sizes": [1, 4], "seconds": 0.1, "torch_compile": False}},
     "quick": {"data": {"train_scenes": 8000},
               "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.2}, "optimize": INT8},
     "full": {"model": {"widths": [32, 64, 128, 256], "blocks": [1, 2, 2, 2]}, "data": {"train_scenes": 40000},

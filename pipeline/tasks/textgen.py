@@ -96,7 +96,7 @@ PRESETS = {
               "train": {"steps": 30, "eval_every": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5},
               "inference": {"parity_tokens": 16},
               "optimize": {"calibration_samples": 16},
-              "benchmark": {"batch_sizes": [1, 2], "prompt_lengths": [32], "contexts": [8, 64], "seconds": 0.05,
+              "benchmark": {"batch_sizes": [1, 2], "prompt_lengths": [32], "contexts": [8, 64], "seconds": 0.05, "torch_compile": False,
                             "min_runs": 2}},
     "quick": {"model": {"name": "gpt", "context": 512, "dim": 128, "heads": 4, "layers": 4},
               "data": {"block": 512},

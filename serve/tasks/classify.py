@@ -101,7 +101,7 @@ class ClassifyTab(TaskTab):
                         examples = [str(p) for name in bundle.manifest.get("examples", []) if (p := bundle.file(name))]
                         if examples:
                             gr.Examples(examples=examples, inputs=[upload], label="Held-out test digits")
-                variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="classify-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="classify-variant")
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="Prediction", elem_id="classify-label")
                 latency = gr.Textbox(label="Latency", interactive=False, elem_id="classify-latency")

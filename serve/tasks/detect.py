@@ -90,7 +90,7 @@ class DetectTab(TaskTab):
                                   elem_id="detect-score")
                 iou = gr.Slider(0, 1, value=float(d.get("iou_threshold", 0.45)), step=0.01, label="IoU threshold (NMS)",
                                 elem_id="detect-iou")
-                variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="detect-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="detect-variant")
             with gr.Column():
                 shown = gr.AnnotatedImage(label="Detections", color_map=palette, elem_id="detect-image")
                 table = gr.Dataframe(headers=["label", "score", "x1", "y1", "x2", "y2"], label="Detections",

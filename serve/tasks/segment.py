@@ -56,7 +56,7 @@ class SegmentTab(TaskTab):
         with gr.Row():
             with gr.Column():
                 controls = scene_input("segment", "Segment")
-                variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="segment-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="segment-variant")
             with gr.Column():
                 shown = gr.AnnotatedImage(label="Mask", color_map=palette, elem_id="segment-image")
                 table = gr.Dataframe(headers=["class", "% of pixels"], label="Classes", interactive=False,

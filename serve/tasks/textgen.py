@@ -437,7 +437,7 @@ class TextTab(TaskTab):
                     max_new = gr.Slider(1, MAX_NEW_TOKENS, value=int(d.get("max_new_tokens", 200)), step=1,
                                         label="Max new bytes", elem_id="text-max-new")
                     seed = gr.Number(value=0, precision=0, label="Seed (empty or -1: random)", elem_id="text-seed")
-                variant = gr.Radio(variants, value=variants[0], label="Variant", elem_id="text-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="text-variant")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="text-generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="text-stop")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from serve.bundle import sha256
+from serve.openvino_runtime import openvino_missing
 from tests.conftest import run_cli
 
 BUNDLE_FILES = {"config.json", "checkpoint.safetensors", "training_state.pt", "metrics.jsonl", "curves.png",
@@ -26,8 +27,9 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
     assert set(m["files"]) == (BUNDLE_FILES - {"manifest.json"}) | set(m["examples"])
     for name, entry in m["files"].items():
         assert hashlib.sha256((smoke_bundle / name).read_bytes()).hexdigest() == entry["sha256"], name
+    openvino = {} if openvino_missing() else {"openvino": "model.onnx"}  # OpenVINO runs the portable file itself
     assert m["graphs"]["model"]["files"] == {"fp32": "model.onnx", "opt": "model.opt.onnx", "int8": "model.int8.onnx",
-                                             "fp16": "model.fp16.onnx"}
+                                             "fp16": "model.fp16.onnx", **openvino}
     test, stress = m["parity"]["test"], m["parity"]["stress"]
     assert test["max_abs_diff"] <= 1e-4 and test["top1_agreement"] == 1.0 and test["samples"] == 359
     assert stress["max_abs_diff"] <= 1e-4 and stress["top1_agreement"] == 1.0 and "4x" in stress["description"]
@@ -49,7 +51,8 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
     bench = json.loads((smoke_bundle / "benchmark.json").read_text())
     assert bench["axes"] == ["batch"] and bench["unit"] == "samples"
     backends = {r["backend"] for r in bench["rows"]}
-    assert backends == {"torch eager", "ORT fp32", "ORT fp32 spin", "ORT opt", "ORT int8", "ORT fp16"}
+    assert backends == {"torch eager", "ORT fp32", "ORT fp32 spin", "ORT opt", "ORT int8", "ORT fp16",
+                        *(() if openvino_missing() else ("OpenVINO fp32",))}
     for r in bench["rows"]:
         assert 0 < r["median_ms"] <= r["p90_ms"]
         assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])

@@ -111,10 +111,10 @@ def test_an_older_bundle_is_refused_with_the_command_that_rebuilds_it(bundle, ca
 
 def test_every_variant_has_one_builder():
     """serve.bundle.VARIANTS is the one table; the pipeline builds each entry (fp32 by export, tensorrt by
-    the engine build, the rest by BUILDERS)."""
+    the engine build, openvino by judging model.onnx on OpenVINO, the rest by BUILDERS)."""
     from serve.bundle import VARIANTS
 
-    assert set(stages.BUILDERS) | {"fp32", "tensorrt"} == set(VARIANTS)
+    assert set(stages.BUILDERS) | {"fp32", "tensorrt", "openvino"} == set(VARIANTS)
 
 
 def test_a_nan_score_is_rejected():

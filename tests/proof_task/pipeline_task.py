@@ -68,7 +68,7 @@ PRESETS = {  # smoke / quick / full, on the step budget
               "data": {"train_size": 20000, "test_size": 256},
               "train": {"steps": 300, "eval_every": 150, "batch_size": 64, "lr": 3e-3, "warmup_steps": 30,
                         "weight_decay": 0.01},
-              "benchmark": {"batch_sizes": [1, 32], "lengths": [4, 8], "seconds": 0.1, "min_runs": 3}},
+              "benchmark": {"batch_sizes": [1, 32], "lengths": [4, 8], "seconds": 0.1, "min_runs": 3, "torch_compile": False}},
     "quick": {"model": {"name": "reverser", "dim": 64, "heads": 4, "layers": 2, "ffn": 256},
               "train": {"steps": 3000, "eval_every": 500, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100}},
     "full": {"model": {"name": "reverser", "dim": 128, "heads": 4, "layers": 2, "ffn": 512},
