@@ -1,0 +1,71 @@
+"""ONNX Runtime's own settings on a bundle's model.onnx, side by side: graph optimization level, intra-op
+threads, idle-thread spinning, and OpenVINO (f32) beside them.
+
+    .venv/bin/python benchmarks/ort_settings.py artifacts/segment/RUN [--batches 1 32]
+
+Each setting runs the bundle's first held-out example (repeated to the batch size) in interleaved
+rounds; prints the median ms per setting and batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serve.inputs import decode_image  # noqa: E402
+from serve.openvino_runtime import OpenVinoSession, openvino_missing  # noqa: E402
+
+LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def session(data: bytes, level: str, threads: int, spin: bool):
+    o = ort.SessionOptions()
+    o.graph_optimization_level = LEVELS[level]
+    o.intra_op_num_threads = threads
+    o.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
+    return lambda feeds: s.run(None, feeds)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    m = json.loads((args.run / "manifest.json").read_text())
+    data = (args.run / "model.onnx").read_bytes()
+    image = decode_image(args.run / m["examples"][0])
+    if m["task"] == "classify":
+        image = image[..., :1]
+    settings = {f"ORT {lv}, 2 threads, sleep": session(data, lv, 2, False) for lv in LEVELS}
+    settings["ORT all, 1 thread"] = session(data, "all", 1, False)
+    settings["ORT all, 2 threads, spin"] = session(data, "all", 2, True)
+    if not openvino_missing():
+        settings["OpenVINO f32"] = OpenVinoSession(data, name="model.onnx")
+    for n in args.batches:
+        feeds = {"image": np.repeat(image[None], n, axis=0)}
+        if m["task"] == "detect":
+            feeds.update(score_threshold=np.array(0.4, np.float32), iou_threshold=np.array(0.45, np.float32))
+        times: dict[str, list[float]] = {k: [] for k in settings}
+        for _ in range(args.rounds):
+            for name, run in settings.items():
+                run(feeds)
+                for _ in range(10 if n < 8 else 3):
+                    t = time.perf_counter()
+                    run(feeds)
+                    times[name].append(time.perf_counter() - t)
+        print(f"{m['task']} batch {n}: " + "; ".join(f"{k} {1000 * statistics.median(v):.2f}" for k, v in times.items()))
+
+
+if __name__ == "__main__":
+    main()
