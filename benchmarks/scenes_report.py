@@ -32,7 +32,6 @@ def _rows(run: Path) -> list[dict]:
 
 def report(run: Path, wall: float | None) -> None:
     m = json.loads((run / "manifest.json").read_text())
-    metric = m["metric"]["name"]
     train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(r.get("seconds", 0) for r in train if r.get("split") == "val")
     print(f"\n== {m['task']} {run}" + (f"  (run --preset quick: {wall:.0f} s wall)" if wall else ""))

@@ -305,9 +305,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
                 run.record(f)
         m["variants"][variant] = entry
         run.save()  # the files renamed into place are listed before anything else can fail
-        label = variant + (f" ({info['mode']})" if "mode" in info else "")
-        values = "  ".join(f"{key} {shown(entry.get(key))}" for _, key in metric_columns(m))
-        print(f"{label:16s} {entry['status']:9s} {values}  {entry.get('reason', '')}", flush=True)
+        _print_variant(variant + (f" ({info['mode']})" if "mode" in info else ""), entry, m)
         return entry
 
     def ort_session(path: Path, name: str) -> OrtSession:
@@ -371,8 +369,13 @@ def _judge_openvino(run: Run, sources: dict[str, Path]) -> None:
             m["graphs"][g]["files"]["openvino"] = src.name
     m["variants"]["openvino"] = entry
     run.save()
+    _print_variant("openvino", entry, m)
+
+
+def _print_variant(label: str, entry: dict[str, Any], m: dict[str, Any]) -> None:
+    """One line per judged variant: its status, metric on each scored set, and why when not accepted."""
     values = "  ".join(f"{key} {shown(entry.get(key))}" for _, key in metric_columns(m))
-    print(f"{'openvino':16s} {entry['status']:9s} {values}  {entry.get('reason', '')}", flush=True)
+    print(f"{label:16s} {entry['status']:9s} {values}  {entry.get('reason', '')}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

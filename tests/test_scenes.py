@@ -2,9 +2,8 @@
 data and its bad forms, the app's tabs through gradio_client and Chromium."""
 from __future__ import annotations
 
-import io
+import functools
 import json
-import os
 import shutil
 
 import numpy as np
@@ -65,8 +64,8 @@ def test_train_scenes_use_only_training_scans(digits):
 # NMS: torch's eager operator against ONNX Runtime's NonMaxSuppression
 
 
+@functools.cache
 def _nms_graph():
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou", "score"], ["selected"])]
@@ -81,23 +80,18 @@ def _nms_graph():
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-NMS = None
-
-
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), boxes=st.integers(1, 60), classes=st.integers(1, 4),
        iou=st.floats(0.0, 1.0), score=st.floats(0.0, 0.9), k=st.integers(1, 20))
 def test_eager_nms_selects_what_onnxruntime_selects(seed, boxes, classes, iou, score, k):
     from export.ops import nms
 
-    global NMS
-    NMS = NMS or _nms_graph()
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 50, (2, boxes, 2)).astype(np.float32)
     b = np.concatenate([xy, xy + rng.uniform(1, 30, (2, boxes, 2)).astype(np.float32)], -1)
     s = rng.random((2, classes, boxes)).astype(np.float32)
     ours = nms(torch.from_numpy(b), torch.from_numpy(s), k, torch.tensor(iou), torch.tensor(score)).numpy()
-    theirs = NMS.run(None, {"boxes": b, "scores": s, "k": np.array([k]), "iou": np.array([iou], np.float32),
+    theirs = _nms_graph().run(None, {"boxes": b, "scores": s, "k": np.array([k]), "iou": np.array([iou], np.float32),
                             "score": np.array([score], np.float32)})[0]
     assert np.array_equal(ours, theirs)
 

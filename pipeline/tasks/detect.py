@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
+from export.verify import TorchRunner
 from export.ops import nms  # noqa: F401 - registers torch.ops.littlebook.nms
 from models.ssd import SSD, decode, encode, match
 from pipeline.data.scenes import SceneData, load_coco
@@ -270,12 +271,7 @@ picture.save("detections.png")
     def evaluate(self, model: Detector, data_set: Dataset, device: torch.device) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        deployable = Deployable(model)
-
-        def run(feeds):
-            args = [torch.from_numpy(feeds[k]).to(device) for k in ("image", "score_threshold", "iou_threshold")]
-            return dict(zip(("num_detections", "boxes", "scores", "labels"), (o.cpu().numpy() for o in deployable(*args))))
-
+        run = TorchRunner(Deployable(model), self.contract(), device)  # the graph as PyTorch runs it
         scenes = data_set.scenes
         scores = coco_scores(scenes, detect_scenes(run, scenes, EVAL_SCORE, DetectInference.iou_threshold))
         losses = []
@@ -290,7 +286,8 @@ picture.save("detections.png")
 
     # -- export, verification, benchmark ----------------------------------------------------------
 
-    def contract(self, cfg: RunConfig) -> ExportContract:
+    def contract(self, cfg: RunConfig | None = None) -> ExportContract:
+        """The graph's I/O; the same for every config (K = MAX_DETECTIONS rows, any image size)."""
         k = MAX_DETECTIONS
         return ExportContract(
             inputs=(TensorSpec("image", "uint8", ("batch", "height", "width", 3), "RGB pixels in [0, 255], any size"),

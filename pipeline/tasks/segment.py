@@ -6,7 +6,6 @@ over the classes (background included) from the confusion matrix of the whole se
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
