@@ -49,7 +49,8 @@ class EngineSession:
             raise BundleError(f"cudaMalloc failed: {err}")
         return ptr
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], release: bool = False) -> dict[str, np.ndarray]:
+        """``release`` is accepted like the other sessions'; device buffers are freed after every call."""
         with self._lock:
             return self._run(feeds)
 

@@ -50,9 +50,15 @@ class OpenVinoSession:
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._local = threading.local()
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], release: bool = False) -> dict[str, np.ndarray]:
+        """``release``: this thread's infer request (and the memory it holds) is dropped after the call.
+        Measured on the quick U-Net: after three 2048x2048 calls the process keeps 1.6 GB, 1.4 GB once
+        the request is dropped: OpenVINO's CPU plugin keeps most of it in the compiled model."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         results = request.infer(feeds)
-        return {name: np.array(results[out]) for name, out in zip(self.output_names, self.compiled.outputs)}
+        outputs = {name: np.array(results[out]) for name, out in zip(self.output_names, self.compiled.outputs)}
+        if release:
+            self._local.request = None
+        return outputs

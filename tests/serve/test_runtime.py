@@ -208,3 +208,38 @@ def test_degenerate_drawings_never_give_nan_through_the_graph_alone(bundle_copy,
         assert abs(float(probs.sum()) - 1.0) <= 1e-2, variant
         if case in ("white", "black", "transparent RGBA"):
             assert probs.max() < 0.9, f"{variant}: no ink, yet {probs.max():.2f} sure"
+
+
+ARENA_PROBE = """
+import sys, numpy as np
+import serve.runtime as runtime
+bundle = runtime.Bundle.open(sys.argv[1])
+if sys.argv[2] == "keep":
+    runtime.ARENA_KEEP_BYTES = 1 << 40
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+small = np.full((1, 64, 64, 1), 255, np.uint8); small[0, 20:40, 30:34] = 0
+big = np.full((1, 4096, 4096, 1), 255, np.uint8); big[0, 1000:3000, 2000:2300] = 0
+bundle.run({"image": small}); idle = rss_mb()
+for _ in range(3):
+    bundle.run({"image": big})
+bundle.run({"image": small})
+print(rss_mb() - idle)
+"""
+
+
+def test_a_large_call_hands_its_working_memory_back_and_small_ones_keep_the_arena(smoke_bundle):
+    """ORT's arena stays on (batches reuse it), and a call above ARENA_KEEP_BYTES of image input
+    shrinks it when it ends: the held memory after three 4096x4096 calls, with the policy and without."""
+    from serve.runtime import ARENA_KEEP_BYTES, releases
+
+    kept = {}
+    for mode in ("keep", "release"):
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, str(smoke_bundle), mode], capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        kept[mode] = float(out.stdout.split()[-1])
+    assert kept["keep"] > 100 and kept["release"] < 60, kept  # measured: 216 and 16 MB
+    assert releases({"image": np.zeros((1, 4096, 4096, 1), np.uint8)})
+    assert not releases({"image": np.zeros((32, 128, 128, 3), np.uint8)})  # a batch of scenes keeps its arena
+    assert not releases({"past": np.zeros(ARENA_KEEP_BYTES, np.float32)})  # caches are bounded by the contract
