@@ -79,7 +79,7 @@ def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
                              nodes_to_exclude=exact, op_types_to_quantize=list(ops) or None)
         else:
             raise ValueError(f"unknown INT8 mode {mode!r}; known: static, dynamic")
-    _copy_metadata(src, dst, {"variant": f"int8-{mode}"})
+    copy_metadata(src, dst, {"variant": f"int8-{mode}"})
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -91,7 +91,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
                                      node_block_list=exact_nodes(model))
     _drop_round_trips(model)
     onnx.save_model(model, str(dst))
-    _copy_metadata(src, dst, {"variant": "fp16"})
+    copy_metadata(src, dst, {"variant": "fp16"})
 
 
 def _drop_round_trips(model: onnx.ModelProto) -> None:
@@ -125,7 +125,7 @@ def _drop_round_trips(model: onnx.ModelProto) -> None:
     graph.node.extend(kept)
 
 
-def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
+def copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
     """Quantizers drop ``metadata_props``: put the source's back, plus ``extra``."""
     source = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     model = onnx.load(str(dst))

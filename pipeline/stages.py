@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import platform
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from export import onnx_to_engine, onnx_to_ort
+from export import onnx_to_engine, onnx_to_openvino, onnx_to_ort
 from export.benchmark import sample_call, summarize
 from export.torch_to_onnx import export_onnx
 from export.verify import TorchRunner, gate
@@ -50,15 +51,25 @@ BENCHMARK_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 Builder = Callable[[Path, Path, str, Run], Any]
 
 
+def _calibration(run: Run, graph: str):
+    batches = run.task.calibration(run.data, run.cfg, run.cfg.optimize.calibration_samples)
+    if batches is None or graph not in batches:
+        raise ValueError(f"{run.task.name} gives no calibration data for static INT8")
+    return batches[graph]
+
+
 def _int8_builder(mode: str) -> Builder:
     def build(src: Path, dst: Path, graph: str, run: Run) -> None:
-        calibration = None
-        if mode == "static":
-            batches = run.task.calibration(run.data, run.cfg, run.cfg.optimize.calibration_samples)
-            if batches is None or graph not in batches:
-                raise ValueError(f"{run.task.name} gives no calibration data for static INT8")
-            calibration = batches[graph]
+        calibration = _calibration(run, graph) if mode == "static" else None
         onnx_to_ort.quantize_int8(src, dst, mode, calibration, run.cfg.optimize.int8_ops)
+
+    return build
+
+
+def _nncf_builder(mode: str) -> Builder:
+    def build(src: Path, dst: Path, graph: str, run: Run) -> None:
+        calibration = _calibration(run, graph) if mode == "static" else None
+        onnx_to_openvino.quantize_nncf(src, dst, mode, calibration)
 
     return build
 
@@ -66,6 +77,7 @@ def _int8_builder(mode: str) -> Builder:
 BUILDERS: dict[str, Builder | Callable[[str], Builder]] = {
     "opt": lambda src, dst, graph, run: onnx_to_ort.optimize_graph(src, dst),
     "int8": _int8_builder,  # by mode: static (calibrated) or dynamic; optimize.int8 picks
+    "openvino-int8": _nncf_builder,  # by mode: static or weights; optimize.openvino_int8 picks
     "fp16": lambda src, dst, graph, run: onnx_to_ort.convert_fp16(src, dst),
 }
 
@@ -272,7 +284,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
             OrtSession(path, name=str(path))
         except BundleError as e:  # "<path> cannot be loaded by onnxruntime: ..."
             raise PipelineError(f"{e}; {export_hint}") from None
-    asked = {"opt", *(["int8"] if int8 else []), *(["fp16"] if fp16 else []), *(["tensorrt"] if tensorrt else [])}
+    asked = {"opt", *(["int8", "openvino-int8"] if int8 else []), *(["fp16"] if fp16 else []), *(["tensorrt"] if tensorrt else [])}
     for variant in set(m["variants"]) - asked - {"fp32"}:  # kept as they are: they must still be what was judged
         for f in graph_files(m, variant).values():
             run.check_file(f, f"rebuild it with `python -m pipeline optimize {run.dir} --{variant}`, or restore it")
@@ -311,21 +323,35 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     def ort_session(path: Path, name: str) -> OrtSession:
         return OrtSession(path, name=name)  # the providers serving would use
 
+    def openvino_session(path: Path, name: str) -> OpenVinoSession:
+        return OpenVinoSession(path.read_bytes(), name=name)
+
+    def attempts(variant: str, modes: list[str], open_session) -> dict[str, Any]:
+        """``variant`` built in each mode in turn until one is accepted; the last try, with every try listed."""
+        tries = []
+        for mode in modes:
+            tries.append(make(variant, BUILDERS[variant](mode), open_session, mode=mode))
+            if tries[-1]["status"] == "accepted":
+                break
+        return {**tries[-1], "attempts": [
+            {k: a.get(k) for k in ("mode", "status", *(key for _, key in metric_columns(m)), "reason") if k in a}
+            for a in tries]}
+
     m["variants"]["opt"] = make("opt", BUILDERS["opt"], ort_session)
+    ocfg = run.cfg.optimize
     if int8:
         # auto: static first; where it fails or loses too much (attention/MatMul-heavy nets), dynamic
-        attempts = []
-        modes = ["static", "dynamic"] if run.cfg.optimize.int8 == "auto" else [run.cfg.optimize.int8]
-        for mode in modes:
-            attempts.append(make("int8", BUILDERS["int8"](mode), ort_session, mode=mode))
-            if attempts[-1]["status"] == "accepted":
-                break
-        m["variants"]["int8"] = {**attempts[-1], "attempts": [
-            {k: a.get(k) for k in ("mode", "status", *(key for _, key in metric_columns(m)), "reason") if k in a}
-            for a in attempts]}
+        m["variants"]["int8"] = attempts("int8", ["static", "dynamic"] if ocfg.int8 == "auto" else [ocfg.int8],
+                                         ort_session)
     if fp16:
         m["variants"]["fp16"] = make("fp16", BUILDERS["fp16"], ort_session)
     _judge_openvino(run, sources)
+    if int8 and (why := onnx_to_openvino.nncf_missing()):
+        m["variants"]["openvino-int8"] = {"status": "failed", "reason": why}
+        _print_variant("openvino-int8", m["variants"]["openvino-int8"], m)
+    elif int8:  # OpenVINO's own INT8 (NNCF): auto tries static, then weights only
+        modes = ["static", "weights"] if ocfg.openvino_int8 == "auto" else [ocfg.openvino_int8]
+        m["variants"]["openvino-int8"] = attempts("openvino-int8", modes, openvino_session)
     if tensorrt:
         gpu, version = onnx_to_engine.target()
 
@@ -417,8 +443,10 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             backends["torch.compile"] = (compiled, {key: scores.get(key) for _, key in columns})
         except Exception as e:  # noqa: BLE001 - no compiler here, an unsupported op: the row is skipped, saying why
             skipped["torch.compile"] = f"{e.__class__.__name__}: {first_line(e, 200)}"
-    if why := openvino_missing():
-        skipped["OpenVINO fp32"] = why
+    for variant in ("openvino", "openvino-int8"):  # peers that did not run here, and why
+        entry = m["variants"].get(variant, {})
+        if why := openvino_missing() or (entry.get("reason") if entry.get("status") == "failed" else ""):
+            skipped[BACKEND_NAMES[variant]] = why
     served: dict[str, str] = {}  # backend name -> the variant serving would run
     for variant in bundle.variants():
         try:
@@ -489,19 +517,27 @@ def _time_cases(task: Task, cfg: RunConfig, cases: list,
     return rows
 
 
-BACKEND_NAMES = {"tensorrt": "TensorRT", "openvino": "OpenVINO fp32"}  # benchmark rows of served variants
+BACKEND_NAMES = {"tensorrt": "TensorRT", "openvino": "OpenVINO fp32", "openvino-int8": "OpenVINO INT8"}  # benchmark rows of served variants
 
 
 def _fastest(rows: list[dict], axes: list[str], served: dict[str, str]) -> dict[str, str]:
-    """Per case ("batch 1", "batch 32 phase decode ..."), the accepted variant serving can run (ONNX
-    Runtime, OpenVINO, TensorRT: not torch) with the lowest median latency."""
-    out: dict[str, tuple[float, str]] = {}
+    """Per batch size ("batch 1": "int8"), the accepted variant serving can run (ONNX Runtime,
+    OpenVINO, TensorRT: not torch) that is fastest over that batch size's cases: the lowest geometric
+    mean of its median latency over the best one's, case by case (one case per batch size for the
+    image tasks; prefill and decode steps at several contexts for text)."""
+    cases: dict[int, dict[tuple, dict[str, float]]] = {}  # batch -> case -> variant -> median ms
     for r in rows:
         if r["backend"] in served:
-            case = " ".join(f"{a} {r[a]}" for a in axes)
-            if case not in out or r["median_ms"] < out[case][0]:
-                out[case] = (r["median_ms"], served[r["backend"]])
-    return {case: variant for case, (_, variant) in out.items()}
+            case = tuple(r.get(a) for a in axes)
+            cases.setdefault(r.get("batch", 1), {}).setdefault(case, {})[served[r["backend"]]] = r["median_ms"]
+    out = {}
+    for batch, by_case in sorted(cases.items()):
+        everywhere = set.intersection(*(set(v) for v in by_case.values()))
+        score = {v: math.prod(times[v] / min(times.values()) for times in by_case.values()) ** (1 / len(by_case))
+                 for v in everywhere}
+        if score:
+            out[f"batch {batch}"] = min(score, key=lambda v: (score[v], v))
+    return out
 
 
 def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:

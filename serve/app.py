@@ -78,6 +78,15 @@ def _measured(key: str, value) -> str:
     return f"{100 * value:.1f}%" if "agreement" in key else f"{value:.2g}"
 
 
+def _serving(bundle: Bundle) -> str:
+    usable = bundle.variants()
+    recorded = [f"{case}: {variant}" + ("" if variant in usable else " (not usable here)")
+                for case, variant in bundle.manifest.get("serving", {}).items()]
+    if not recorded:
+        return f"{bundle.default_variant} (no benchmark yet)"
+    return "; ".join(recorded) + f". The app runs {bundle.default_variant}"
+
+
 def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
     if not bundles:
         gr.Markdown("No bundles yet.")
@@ -88,7 +97,9 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
                     f"data: {m.get('data', '-')}; graphs {', '.join(bundle.graphs)}; folder `{bundle.path}`\n\n"
                     f"**Metrics**\n\n{_metrics_table(m)}\n\n"
                     f"**Parity with PyTorch** (the served computation, per held-out set)\n\n{_parity_table(m)}\n\n"
-                    f"**Served defaults**: {served}\n\n**Variants**\n\n" + _variants_table(bundle) + _samples(m))
+                    f"**Served defaults**: {served}\n\n**Served variant** (the benchmark's fastest accepted one, "
+                    f"per batch size, unless a caller picks another): {_serving(bundle)}\n\n"
+                    f"**Variants**\n\n" + _variants_table(bundle) + _samples(m))
         bench = bundle.file("benchmark.md")
         if bench:
             gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())

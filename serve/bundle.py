@@ -55,6 +55,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("tensorrt", ".plan", "TensorRT engine", engine=True, runtime="tensorrt"),
     # the portable model.onnx itself, run by OpenVINO instead of ONNX Runtime (no file of its own)
     Variant("openvino", ".onnx", "fp32 on OpenVINO", runtime="openvino"),
+    # OpenVINO's own INT8: the graph quantized by NNCF (QDQ ONNX), run by OpenVINO
+    Variant("openvino-int8", ".ov-int8.onnx", "INT8 on OpenVINO (NNCF)", runtime="openvino"),
 )}
 
 

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
@@ -233,18 +234,38 @@ class Bundle:
                 continue
             if name in self.unusable:
                 continue
-            if (name == "tensorrt" and tensorrt_missing()) or (name == "openvino" and openvino_missing()):
+            runtime = VARIANTS[name].runtime if name in VARIANTS else "onnxruntime"
+            if (runtime == "tensorrt" and tensorrt_missing()) or (runtime == "openvino" and openvino_missing()):
                 continue
             out.append(name)
         return out
 
+    def serving_variant(self, batch: int = 1) -> str:
+        """What runs a call of ``batch`` inputs unless the caller names a variant: the benchmark's
+        fastest accepted variant at the benchmarked batch size nearest ``batch`` (on a log scale) on
+        the machine that made the bundle (manifest ``serving``), when it is usable here; else fp32."""
+        available = self.variants()
+        recorded = {}
+        for key, variant in self.manifest.get("serving", {}).items():
+            parts = key.split()
+            if len(parts) == 2 and parts[0] == "batch" and parts[1].isdigit() and variant in available:
+                recorded[int(parts[1])] = variant
+        if recorded:
+            nearest = min(recorded, key=lambda b: (abs(math.log(max(b, 1)) - math.log(max(batch, 1))), b))
+            return recorded[nearest]
+        return available[0] if available else "fp32"
+
     @property
     def default_variant(self) -> str:
-        """What the app and API run unless asked otherwise: the benchmark's fastest accepted variant at
-        batch 1 on the machine that made the bundle (manifest ``serving``), when it is usable here."""
-        fastest = self.manifest.get("serving", {}).get("batch 1")
-        available = self.variants()
-        return fastest if fastest in available else (available[0] if available else "fp32")
+        """What the app runs (one input at a time) unless the user picks another: ``serving_variant(1)``."""
+        return self.serving_variant(1)
+
+    def batch_of(self, feeds: Feeds, graph: str) -> int:
+        """The size of the first input's ``batch`` axis (1 where the graph has none)."""
+        for name, _, axes in self.checks[graph].inputs:
+            if axes and axes[0][0] == "batch" and isinstance(feeds.get(name), np.ndarray) and feeds[name].ndim:
+                return int(feeds[name].shape[0])
+        return 1
 
     def file(self, name: str) -> Path | None:
         """A listed, intact file of the bundle (hashed on first use), or None."""
@@ -313,12 +334,15 @@ class Bundle:
                 failed[variant] = str(e)
         return failed
 
-    def run(self, feeds: Feeds, variant: str = "fp32", graph: str | None = None) -> Prediction:
-        """One call of ``graph`` (the bundle's only graph when None), timed."""
+    def run(self, feeds: Feeds, variant: str | None = None, graph: str | None = None) -> Prediction:
+        """One call of ``graph`` (the bundle's only graph when None), timed; ``variant`` None: the
+        serving choice for this call's batch size (:meth:`serving_variant`)."""
         if graph is None:
             if len(self.graphs) != 1:
                 raise BundleError(f"{self.path} has graphs {self.graphs}: name the one to run")
             graph = self.graphs[0]
+        if variant is None:
+            variant = self.serving_variant(self.batch_of(feeds, graph))
         runner = self.session(graph, variant)
         t0 = time.perf_counter()
         outputs = runner(feeds)

@@ -47,6 +47,9 @@ class OptimizeConfig:
     # (list[str]) ONNX operator types INT8 quantizes, e.g. [Conv, MatMul, Gemm]; empty: the quantizer's
     # default set (which also quantizes Concat/Reshape/Transpose outputs, such as a detector's raw scores)
     int8_ops: tuple[str, ...] = ()
+    # (str) OpenVINO's INT8 by NNCF: static (weights and activations, calibrated like ORT's static
+    # INT8), weights (INT8 weights only, data-free); auto: static, then weights where static is rejected
+    openvino_int8: Literal["auto", "static", "weights"] = "auto"
     # (float) how much of the task's metric (in its unit) a variant may lose against fp32 before it is
     # rejected; unset: the task's own tolerance
     max_drop: float | None = None

@@ -103,7 +103,7 @@ PRESETS = {
               "train": {"steps": 1500, "eval_every": 750, "batch_size": 8, "lr": 3e-3, "warmup_steps": 50,
                         "weight_decay": 0.1, "beta2": 0.95},
               # static QDQ read 5.4 to 5.7 bits/byte here (rejected): straight to dynamic, saving the try
-              "optimize": {"int8": "dynamic"}},
+              "optimize": {"int8": "dynamic", "openvino_int8": "weights"}},
     "full": {"model": {"name": "gpt", "context": 1024, "dim": 512, "heads": 8, "layers": 8, "dropout": 0.1},
              "data": {"block": 1024},
              "train": {"steps": 20000, "eval_every": 1000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 500,

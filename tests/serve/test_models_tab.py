@@ -17,3 +17,21 @@ def test_metrics_and_parity_are_tables():
     assert parity[0] == "| held-out set | samples | max abs diff | top1 agreement |"
     assert parity[2:] == ["| the test split | 359 | 2.1e-06 | 100.0% |", "| drawings | 1000 | 5.7e-06 | 99.9% |"]
     assert "{" not in "".join(metrics + parity)
+
+
+def test_the_serving_choice_is_shown_with_what_runs_here(smoke_bundle, tmp_path):
+    import json
+    import shutil
+
+    from serve.app import _serving
+    from serve.runtime import Bundle
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_bundle, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["serving"] = {"batch 1": "int8", "batch 32": "tensorrt"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert _serving(Bundle.open(run)) == "batch 1: int8; batch 32: tensorrt (not usable here). The app runs int8"
+    del manifest["serving"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert _serving(Bundle.open(run)) == "fp32 (no benchmark yet)"
