@@ -78,8 +78,10 @@ class ScenePreprocess(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
         x = (x - self.mean) / self.std
-        h, w = x.shape[2], x.shape[3]
-        return F.pad(x, (0, (-w) % self.stride, 0, (-h) % self.stride))  # (N, 3, H', W')
+        h, w, s = x.shape[2], x.shape[3], self.stride
+        # the sides rounded up by floor division: inductor (torch 2.13, dynamic shapes) fails on the
+        # modulo of a symbolic size ("TensorReferenceAnalysis has no attribute python_mod")
+        return F.pad(x, (0, (w + s - 1) // s * s - w, 0, (h + s - 1) // s * s - h))  # (N, 3, H', W')
 
     @torch.no_grad()
     def fit(self, scenes: Sequence[Scene], count: int = 256) -> None:

@@ -79,7 +79,7 @@ class InferenceConfig:
 
 @dataclass
 class TextBenchmarkConfig(BenchmarkConfig):
-    batch_sizes: tuple[int, ...] = (1, 8)  # (list[int]) prompts per call
+    batch_sizes: tuple[int, ...] = (1, 8, 32)  # (list[int]) prompts per call
     prompt_lengths: tuple[int, ...] = (128, 512)  # (list[int]) prefill cases: prompt bytes
     contexts: tuple[int, ...] = (32, 128, 512)  # (list[int]) decode cases: bytes attended by the new one
     seconds: float = 1.0  # (float) time budget per backend and case
