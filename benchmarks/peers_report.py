@@ -67,6 +67,26 @@ def report(run: Path) -> list[str]:
     return lines
 
 
+COLUMNS = ("torch eager", "torch.compile", "ORT fp32", "ORT fp32 spin", "ORT opt", "ORT int8", "ORT fp16", "OpenVINO fp32",
+           "OpenVINO INT8")
+
+
+def medians(run: Path) -> list[str]:
+    """One row per case (cached text cases only): each backend's median ms, and the served variant."""
+    m = json.loads((run / "manifest.json").read_text())
+    bench = json.loads((run / "benchmark.json").read_text())
+    axes, rows = bench["axes"], bench["rows"]
+    lines = []
+    for case in sorted({tuple(r[a] for a in axes) for r in rows}):
+        if dict(zip(axes, case)).get("cache") == "no":
+            continue
+        here = {r["backend"]: r["median_ms"] for r in rows if tuple(r[a] for a in axes) == case}
+        cells = [f"{here[c]:.3g}" if c in here else ("failed" if c in bench.get("skipped", {}) else "-") for c in COLUMNS]
+        label = ", ".join(f"{a} {v}" for a, v in zip(axes, case) if a != "cache")
+        lines.append(f"| {m['task']} | {label} | " + " | ".join(cells) + f" | {m.get('serving', {}).get(f'batch {case[0]}', '-')} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="*", type=Path)
@@ -78,6 +98,10 @@ def main() -> None:
     print("|---|---|---|---|---|---:|---|---:|")
     for run in runs:
         print("\n".join(report(run)))
+    print("\n| task | case | " + " | ".join(COLUMNS) + " | served |")
+    print("|---|---|" + "---:|" * len(COLUMNS) + "---|")
+    for run in runs:
+        print("\n".join(medians(run)))
 
 
 if __name__ == "__main__":
