@@ -31,6 +31,22 @@ def nncf_missing() -> str:
     return ""
 
 
+def _fold_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A ``Transpose`` of an initializer (the exporter's form of a weight tied to an embedding, as the
+    GPT's head) replaced by the transposed initializer: NNCF's weight compression looks for a MatMul's
+    weight among the initializers and fails on the Transpose's output ("no tensor with the name ...")."""
+    from onnx import numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer}
+    for node in list(model.graph.node):
+        if node.op_type == "Transpose" and node.input[0] in weights:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            array = np.transpose(numpy_helper.to_array(weights[node.input[0]]), perm)
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), node.output[0]))
+            model.graph.node.remove(node)
+    return model
+
+
 def quantize_nncf(src: Path, dst: Path, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None) -> None:
     """INT8 by NNCF: ``static`` on ``calibration`` (feeds of the graph, every batch used), or ``weights`` only."""
     if why := nncf_missing():
@@ -41,7 +57,7 @@ def quantize_nncf(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
     import nncf
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    model = onnx.load(str(src))
+    model = _fold_transposed_weights(onnx.load(str(src)))
     ignored = nncf.IgnoredScope(names=exact_nodes(model), validate=False)
     if mode == "static":
         batches = list(calibration or ())
