@@ -205,7 +205,9 @@ def test_degenerate_drawings_never_give_nan_through_the_graph_alone(bundle_copy,
     for variant in bundle.variants():
         probs = bundle.run({"image": canvas}, variant).outputs["probs"]
         assert np.isfinite(probs).all() and (probs >= 0).all(), variant
-        assert abs(float(probs.sum()) - 1.0) <= 1e-2, variant
+        # INT8 variants quantize the probabilities themselves (steps of 1/255): each may be off by half a step
+        tolerance = probs.shape[1] * 0.5 / 255 + 1e-3 if "int8" in variant else 1e-2
+        assert abs(float(probs.sum()) - 1.0) <= tolerance, variant
         if case in ("white", "black", "transparent RGBA"):
             assert probs.max() < 0.9, f"{variant}: no ink, yet {probs.max():.2f} sure"
 
