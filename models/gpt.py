@@ -110,10 +110,13 @@ class GPT(nn.Module):
         queries = keys[p:, None]  # (T, 1): the new tokens' indices among the keys
         # a query sees the real keys up to itself; a padding query sees itself (finite, and ignored)
         mask = ((keys[None] <= queries)[None] & real[:, None]) | (keys[None] == queries)[None]  # (N, T, P + T)
+        # one additive bias (0 or -inf) for every layer: an Add per layer, where masked_fill was a
+        # broadcast Where per layer (5.6x slower in ONNX Runtime at 512 bytes)
+        bias = torch.zeros(mask.shape, device=ids.device).masked_fill(~mask, float("-inf"))[:, None]  # (N, 1, T, P + T)
         x = self.embed(ids, positions)  # (N, T, D)
         present = []
         for block, (k, v) in zip(self.blocks, past):
-            x, k, v = block.forward_cached(x, k, v, mask[:, None], positions)
+            x, k, v = block.forward_cached(x, k, v, bias, positions)
             present.append((k, v))
         return self.head(self.ln(x)), present
 

@@ -122,8 +122,9 @@ class MultiHeadAttention(nn.Module):
                        positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The KV-cache path: x (N, T, D) are the new tokens, past_k / past_v (N, nh, P, hs) the cached
         keys and values of the P tokens before them (P may be 0; rotary keys are cached rotated);
-        ``mask`` (N or 1, 1, T, P + T) bool says which keys each new token may see (explicit: a
-        top-left ``is_causal`` mask is wrong when P > 0); ``positions`` (N, T) of the new tokens.
+        ``mask`` (N or 1, 1, T, P + T) says which keys each new token may see (explicit: a top-left
+        ``is_causal`` mask is wrong when P > 0): bool (True: may see) or an additive float bias (0 or
+        -inf, built once for all layers); ``positions`` (N, T) of the new tokens.
         Returns y (N, T, D) and the cache with the new tokens, k / v (N, nh, P + T, hs)."""
         q, k, v = self.heads(x, positions)
         k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
@@ -131,7 +132,8 @@ class MultiHeadAttention(nn.Module):
         # scales the whole cache at every step (a copy of K per layer per byte); here the scale goes on
         # q and ORT fuses the transpose into the MatMul
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (N, nh, T, P + T)
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        weights = torch.softmax(scores, dim=-1)
         n, _, t, _ = q.shape
         return self.proj((weights @ v).transpose(1, 2).reshape(n, t, -1)), k, v
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import platform
 from contextlib import ExitStack
 from pathlib import Path
@@ -521,23 +520,16 @@ BACKEND_NAMES = {"tensorrt": "TensorRT", "openvino": "OpenVINO fp32", "openvino-
 
 
 def _fastest(rows: list[dict], axes: list[str], served: dict[str, str]) -> dict[str, str]:
-    """Per batch size ("batch 1": "int8"), the accepted variant serving can run (ONNX Runtime,
-    OpenVINO, TensorRT: not torch) that is fastest over that batch size's cases: the lowest geometric
-    mean of its median latency over the best one's, case by case (one case per batch size for the
-    image tasks; prefill and decode steps at several contexts for text)."""
-    cases: dict[int, dict[tuple, dict[str, float]]] = {}  # batch -> case -> variant -> median ms
+    """Per benchmarked case ("batch 1": "int8"; text: "batch 1, phase prefill, context 512": ...), the
+    accepted variant serving can run (ONNX Runtime, OpenVINO, TensorRT: not torch) with the lowest
+    median latency. Serving runs each call on the case nearest it (``Bundle.serving_variant``): a text
+    prompt and the decode steps after it may run on different backends."""
+    cases: dict[str, dict[str, float]] = {}  # case -> variant -> median ms
     for r in rows:
         if r["backend"] in served:
-            case = tuple(r.get(a) for a in axes)
-            cases.setdefault(r.get("batch", 1), {}).setdefault(case, {})[served[r["backend"]]] = r["median_ms"]
-    out = {}
-    for batch, by_case in sorted(cases.items()):
-        everywhere = set.intersection(*(set(v) for v in by_case.values()))
-        score = {v: math.prod(times[v] / min(times.values()) for times in by_case.values()) ** (1 / len(by_case))
-                 for v in everywhere}
-        if score:
-            out[f"batch {batch}"] = min(score, key=lambda v: (score[v], v))
-    return out
+            label = ", ".join(f"{a} {r[a]}" for a in axes if a in r)
+            cases.setdefault(label, {})[served[r["backend"]]] = r["median_ms"]
+    return {label: min(times, key=lambda v: (times[v], v)) for label, times in cases.items()}
 
 
 def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:

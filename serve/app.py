@@ -84,7 +84,8 @@ def _serving(bundle: Bundle) -> str:
                 for case, variant in bundle.manifest.get("serving", {}).items()]
     if not recorded:
         return f"{bundle.default_variant} (no benchmark yet)"
-    return "; ".join(recorded) + f". The app runs {bundle.default_variant}"
+    return "; ".join(recorded) + (f". Each call runs the choice of the nearest case usable here (a single "
+                                  f"input: {bundle.default_variant})")
 
 
 def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
@@ -98,7 +99,7 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
                     f"**Metrics**\n\n{_metrics_table(m)}\n\n"
                     f"**Parity with PyTorch** (the served computation, per held-out set)\n\n{_parity_table(m)}\n\n"
                     f"**Served defaults**: {served}\n\n**Served variant** (the benchmark's fastest accepted one, "
-                    f"per batch size, unless a caller picks another): {_serving(bundle)}\n\n"
+                    f"per benchmarked case, unless a caller picks another): {_serving(bundle)}\n\n"
                     f"**Variants**\n\n" + _variants_table(bundle) + _samples(m))
         bench = bundle.file("benchmark.md")
         if bench:

@@ -77,6 +77,11 @@ def engine_tag(gpu: str, trt_version: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") + f"-trt{trt_version}"
 
 
+def variant_runtime(variant: str) -> str:
+    """What runs a variant's files: onnxruntime (also for names this version does not know), tensorrt, openvino."""
+    return VARIANTS[variant].runtime if variant in VARIANTS else "onnxruntime"
+
+
 def variant_title(variant: str) -> str:
     return VARIANTS[variant].title if variant in VARIANTS else variant
 

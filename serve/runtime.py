@@ -18,13 +18,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from serve.bundle import (VARIANTS, BundleError, check_graphs, first_line, graph_files, read_manifest, sha256,
-                          sha256_bytes, variant_title)
+from serve.bundle import (BundleError, check_graphs, first_line, graph_files, read_manifest, sha256,
+                          sha256_bytes, variant_runtime, variant_title)
 from serve.engine import EngineSession, tensorrt_missing
 from serve.openvino_runtime import OpenVinoSession, openvino_missing
 
@@ -180,6 +180,7 @@ class Bundle:
     _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _serving: list | None = field(default=None, repr=False)  # serving_cases(), parsed once
 
     @classmethod
     def open(cls, path: str | Path, threads: int = 0, spin: bool = False) -> "Bundle":
@@ -234,26 +235,50 @@ class Bundle:
                 continue
             if name in self.unusable:
                 continue
-            runtime = VARIANTS[name].runtime if name in VARIANTS else "onnxruntime"
+            runtime = variant_runtime(name)
             if (runtime == "tensorrt" and tensorrt_missing()) or (runtime == "openvino" and openvino_missing()):
                 continue
             out.append(name)
         return out
 
-    def serving_variant(self, batch: int = 1) -> str:
-        """What runs a call of ``batch`` inputs unless the caller names a variant: the benchmark's
-        fastest accepted variant at the benchmarked batch size nearest ``batch`` (on a log scale) on
-        the machine that made the bundle (manifest ``serving``), when it is usable here; else fp32."""
+    def serving_cases(self) -> list[tuple[dict[str, int | str], str]]:
+        """The manifest's ``serving`` as (case axes, variant): ``"batch 1, phase prefill, context 128"``
+        -> ({"batch": 1, "phase": "prefill", "context": 128}, variant). Keys that do not parse are ignored."""
+        if self._serving is None:
+            cases = []
+            for key, variant in self.manifest.get("serving", {}).items():
+                pairs = [part.strip().partition(" ") for part in key.split(",")]
+                if pairs and all(name and value for name, _, value in pairs):
+                    cases.append(({name: int(value) if value.isdigit() else value for name, _, value in pairs}, variant))
+            self._serving = cases
+        return self._serving
+
+    def serving_variant(self, batch: int = 1, **call: int | str) -> str:
+        """What runs a call unless the caller names a variant: the benchmark's fastest accepted variant
+        (manifest ``serving``, on the machine that made the bundle) in the benchmarked case nearest the
+        call, when it is usable here; else fp32. A call is its batch size and whatever else the task's
+        cases vary (text: ``phase="decode", context=300``): cases that name another phase are not
+        candidates, sizes count by their distance on a log scale, and axes the call does not give are
+        ignored; among equally near cases the variant most of them name wins."""
         available = self.variants()
-        recorded = {}
-        for key, variant in self.manifest.get("serving", {}).items():
-            parts = key.split()
-            if len(parts) == 2 and parts[0] == "batch" and parts[1].isdigit() and variant in available:
-                recorded[int(parts[1])] = variant
-        if recorded:
-            nearest = min(recorded, key=lambda b: (abs(math.log(max(b, 1)) - math.log(max(batch, 1))), b))
-            return recorded[nearest]
-        return available[0] if available else "fp32"
+        call = {"batch": batch, **call}
+        near: list[tuple[float, str]] = []
+        for axes, variant in self.serving_cases():
+            if variant not in available or any(
+                    k in axes and not isinstance(v, int) and axes[k] != v for k, v in call.items()):
+                continue
+            distance = sum(abs(math.log(max(axes[k], 1)) - math.log(max(v, 1))) for k, v in call.items()
+                           if isinstance(v, int) and isinstance(axes.get(k), int))
+            near.append((round(distance, 9), variant))
+        if not near:
+            return available[0] if available else "fp32"
+        closest = [v for d, v in near if d == min(near)[0]]
+        return max(sorted(set(closest)), key=closest.count)
+
+    def served(self, graph: str, axes: "Callable[[Feeds], dict[str, int | str]] | None" = None) -> "ServedRunner":
+        """A runner of ``graph`` that runs each call on :meth:`serving_variant` for that call: the
+        call's batch size, and what ``axes(feeds)`` says of it (text: phase and context)."""
+        return ServedRunner(self, graph, axes or (lambda feeds: {"batch": self.batch_of(feeds, graph)}))
 
     @property
     def default_variant(self) -> str:
@@ -307,7 +332,7 @@ class Bundle:
         name = self.manifest["graphs"][graph]["files"][variant]
         try:
             data = self._read_verified(name)
-            runtime = VARIANTS[variant].runtime if variant in VARIANTS else "onnxruntime"
+            runtime = variant_runtime(variant)
             session = (EngineSession(data, name) if runtime == "tensorrt"
                        else OpenVinoSession(data, threads=self.threads, name=name) if runtime == "openvino"
                        else OrtSession(data, threads=self.threads, name=name, spin=self.spin))
@@ -352,3 +377,17 @@ class Bundle:
         """``INT8, CPUExecutionProvider``: what runs a variant, for the app's latency lines."""
         providers = {r.provider for r in self.runners(variant).values()}
         return f"{variant_title(variant)}, {', '.join(sorted(providers))}"
+
+
+class ServedRunner:
+    """Runs each call of one graph on the variant serving picks for it (:meth:`Bundle.served`);
+    ``used`` counts the calls per variant, for status lines."""
+
+    def __init__(self, bundle: Bundle, graph: str, axes: Callable[[Feeds], dict[str, int | str]]):
+        self.bundle, self.graph, self.axes = bundle, graph, axes
+        self.used: dict[str, int] = {}
+
+    def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        variant = self.bundle.serving_variant(**self.axes(feeds))
+        self.used[variant] = self.used.get(variant, 0) + 1
+        return self.bundle.session(self.graph, variant)(feeds)

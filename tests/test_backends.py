@@ -25,19 +25,59 @@ def test_fastest_accepted_variant_per_case_is_a_served_one():
     assert _fastest(rows, ["batch"], served) == {"batch 1": "openvino", "batch 32": "int8"}
 
 
-def test_fastest_over_several_cases_of_a_batch_size_is_the_best_geometric_mean():
-    """Text: a prefill and decode steps at two contexts per batch size; one variant wins overall."""
-    axes = ["batch", "phase", "context"]
+def test_fastest_is_recorded_per_case_so_a_prompt_and_its_steps_can_differ():
+    """Text: a prefill and decode steps at two contexts per batch size; each case names its fastest."""
+    axes = ["batch", "phase", "context", "cache"]
     times = {("prefill", 128): {"fp32": 3.0, "int8": 2.0, "openvino": 2.9},
+             ("prefill", 512): {"fp32": 30.0, "int8": 28.0, "openvino": 15.0},
              ("decode", 32): {"fp32": 0.30, "int8": 0.33, "openvino": 0.50},
-             ("decode", 512): {"fp32": 0.40, "int8": 0.41, "openvino": 0.90}}
+             ("decode", 512): {"fp32": 0.40, "int8": 0.38, "openvino": 0.90}}
     names = {"fp32": "ORT fp32", "int8": "ORT int8", "openvino": "OpenVINO fp32"}
-    rows = [{"backend": names[v], "batch": 1, "phase": ph, "context": c, "median_ms": t}
+    rows = [{"backend": names[v], "batch": 1, "phase": ph, "context": c, "cache": "yes", "median_ms": t}
             for (ph, c), by in times.items() for v, t in by.items()]
-    rows.append({"backend": "ORT fp16", "batch": 1, "phase": "prefill", "context": 128, "median_ms": 0.1})  # one case only
-    served = {n: v for v, n in names.items()} | {"ORT fp16": "fp16"}
-    # int8: (1 * 1.1 * 1.025)^(1/3) = 1.041; fp32: (1.5 * 1 * 1)^(1/3) = 1.145
-    assert _fastest(rows, axes, served) == {"batch 1": "int8"}
+    rows.append({"backend": "torch eager", "batch": 1, "phase": "decode", "context": 32, "cache": "no",
+                 "median_ms": 0.01})  # torch only: no served variant ran this case
+    served = {n: v for v, n in names.items()}
+    assert _fastest(rows, axes, served) == {
+        "batch 1, phase prefill, context 128, cache yes": "int8",
+        "batch 1, phase prefill, context 512, cache yes": "openvino",
+        "batch 1, phase decode, context 32, cache yes": "fp32",
+        "batch 1, phase decode, context 512, cache yes": "int8"}
+
+
+def test_each_call_runs_on_the_nearest_case_of_its_own_phase(textgen_bundle, tmp_path):
+    """The Text tab's "served" choice: a prompt and the steps after it, each on the variant the
+    benchmark found fastest for the nearest case of its phase, batch size and context."""
+    from serve.tasks import textgen as loop
+
+    run = tmp_path / "run"
+    shutil.copytree(textgen_bundle, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"fp32", "int8"} <= set(Bundle.open(run).variants())
+    manifest["serving"] = {"batch 1, phase prefill, context 16, cache yes": "fp32",
+                           "batch 1, phase prefill, context 64, cache yes": "int8",
+                           "batch 1, phase decode, context 16, cache yes": "int8",
+                           "batch 1, phase decode, context 64, cache yes": "int8",
+                           "batch 8, phase decode, context 16, cache yes": "fp32",
+                           "batch 8, phase prefill, context 64, cache yes": "tensorrt"}  # not usable here
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    bundle = Bundle.open(run)
+    assert bundle.serving_variant(1, phase="prefill", context=20) == "fp32"
+    assert bundle.serving_variant(1, phase="prefill", context=50) == "int8"
+    assert bundle.serving_variant(1, phase="decode", context=17) == "int8"
+    assert bundle.serving_variant(6, phase="decode", context=16) == "fp32"
+    assert bundle.serving_variant(8, phase="prefill", context=64) == "int8"  # tensorrt skipped: the nearest usable
+    assert bundle.serving_variant(1) == "int8"  # no phase given: the variant most batch-1 cases name
+    spec = loop.CacheSpec.of(bundle.info)
+    runner = bundle.served("model", loop.call_axes)
+    out = loop.complete(runner, ["Return the"], loop.Sampling(temperature=0.0, max_new_tokens=6), spec)
+    assert runner.used == {"fp32": 1, "int8": 5}  # the 10-byte prompt on fp32, the steps on int8
+    alone = {v: loop.complete(bundle.session("model", v), ["Return the"], loop.Sampling(temperature=0.0,
+                                                                                         max_new_tokens=6), spec)
+             for v in ("fp32", "int8")}
+    # the int8 steps read a cache fp32 wrote: the same graph I/O, float32 caches in every variant
+    assert np.allclose(out.prefill_logits, alone["fp32"].prefill_logits, atol=1e-5, equal_nan=True)
+    assert np.abs(out.logits - alone["int8"].logits).max() < np.abs(alone["int8"].logits).max() * 0.05
 
 
 def test_a_call_runs_the_serving_choice_for_its_batch_size(smoke_bundle, tmp_path):

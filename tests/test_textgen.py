@@ -3,6 +3,7 @@ onnxruntime, the served loop, the app through gradio_client (streaming, bad inpu
 import json
 import math
 import os
+import re
 import shutil
 import time
 
@@ -11,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from serve.bundle import VARIANTS
 from serve.runtime import Bundle
 from serve.tasks import textgen as loop
 
@@ -145,6 +147,15 @@ def test_generate_streams_through_the_api(text_client):
     assert final_status.startswith("done: 1024 bytes") and "tokens/s" in final_status
     again = text_client.predict("The function returns", 0.0, 0, 1.0, 1024, 0, "fp32", api_name="/generate")
     assert again[0] == final_text  # greedy is deterministic
+
+
+def test_the_default_choice_serves_each_call_on_its_fastest_variant(text_client):
+    """The Text tab's default "served": the prompt and each step on the variant serving picks for it."""
+    text, status = text_client.predict("import", 0.0, 0, 1.0, 12, 0, "served", api_name="/generate")
+    assert status.startswith("done: 12 bytes") and "served: " in status
+    calls = re.findall(r"(\d+) calls? on ([\w-]+)", status)
+    assert sum(int(n) for n, _ in calls) == 12  # one prompt call and 11 steps, wherever each ran
+    assert calls and {v for _, v in calls} <= set(VARIANTS)
 
 
 def test_seeded_sampling_through_the_api(text_client):

@@ -49,6 +49,17 @@ class CacheSpec(NamedTuple):
         return cls(int(info["layers"]), int(info["heads"]), int(info["head_dim"]), int(info["context"]))
 
 
+SERVED = "served"  # the tab's choice that runs each call on the benchmark's fastest variant for it
+
+
+def call_axes(feeds: Mapping[str, np.ndarray]) -> dict[str, int | str]:
+    """A call of the graph as the benchmark's cases name it: batch size, phase (prefill: the cache is
+    empty; decode: one step on a cache) and context (the mask's width: prompt bytes, or cache + 1)."""
+    past = feeds["past_key_values.0.key"].shape[2]
+    return {"batch": int(feeds["input_ids"].shape[0]), "phase": "decode" if past else "prefill",
+            "context": int(feeds["attention_mask"].shape[1])}
+
+
 def past_names(layers: int) -> list[str]:
     """``past_key_values.{i}.key``, ``past_key_values.{i}.value`` per layer, in graph order."""
     return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
@@ -405,7 +416,13 @@ class TextTab(TaskTab):
             data, dropped = prepare([prompt or ""], spec.context)
             note = (f"the prompt is longer than the model's context: its first {dropped[0]} bytes were dropped; "
                     if dropped[0] else "")
-            runner = bundle.session(GRAPH, variant)
+            runner = bundle.served(GRAPH, call_axes) if variant == SERVED else bundle.session(GRAPH, variant)
+
+            def ran() -> str:
+                if variant != SERVED:
+                    return bundle.describe(variant)
+                return "served: " + ", ".join(f"{n} call{'s' * (n > 1)} on {v}" for v, n in runner.used.items())
+
             text, t0, count, shown_at = "", time.perf_counter(), 0, 0.0
             for step in generate(runner, data, sampling, spec):
                 count += 1
@@ -413,12 +430,15 @@ class TextTab(TaskTab):
                 now = time.perf_counter()
                 if step.text[0] and now - shown_at >= STREAM_EVERY:  # each update costs the server ~1 ms
                     shown_at = now
-                    yield text, f"{note}{count} bytes, {count / (now - t0):.0f} tokens/s ({bundle.describe(variant)})"
+                    yield text, f"{note}{count} bytes, {count / (now - t0):.0f} tokens/s ({ran()})"
             seconds = time.perf_counter() - t0
             yield text, (f"{note}done: {count} bytes in {seconds:.2f} s, {count / seconds:.0f} tokens/s (a token "
-                         f"is a byte; {bundle.describe(variant)})")
+                         f"is a byte; {ran()})")
 
-        variants = bundle.variants()
+        at = min(128, spec.context)
+        phases = {ph: bundle.serving_variant(1, phase=ph, context=at) for ph in ("prefill", "decode")}
+        variants = [(f"served: the fastest measured per call (a {at}-byte prompt on {phases['prefill']}, "
+                     f"steps on {phases['decode']})", SERVED), *bundle.variants()]
         gr.Markdown(f"**{bundle.name}**: a byte-level GPT ({bundle.info.get('layers')} layers, context "
                     f"{spec.context} bytes) trained on {bundle.manifest.get('data', 'text')}. It continues "
                     "your text one byte at a time, with a KV cache, in the browser's stream.")
@@ -437,7 +457,7 @@ class TextTab(TaskTab):
                     max_new = gr.Slider(1, MAX_NEW_TOKENS, value=int(d.get("max_new_tokens", 200)), step=1,
                                         label="Max new bytes", elem_id="text-max-new")
                     seed = gr.Number(value=0, precision=0, label="Seed (empty or -1: random)", elem_id="text-seed")
-                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="text-variant")
+                variant = gr.Radio(variants, value=SERVED, label="Variant", elem_id="text-variant")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="text-generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="text-stop")

@@ -31,7 +31,8 @@ def test_the_serving_choice_is_shown_with_what_runs_here(smoke_bundle, tmp_path)
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["serving"] = {"batch 1": "int8", "batch 32": "tensorrt"}
     (run / "manifest.json").write_text(json.dumps(manifest))
-    assert _serving(Bundle.open(run)) == "batch 1: int8; batch 32: tensorrt (not usable here). The app runs int8"
+    assert _serving(Bundle.open(run)) == ("batch 1: int8; batch 32: tensorrt (not usable here). Each call runs the choice of the "
+                                     "nearest case usable here (a single input: int8)")
     del manifest["serving"]
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert _serving(Bundle.open(run)) == "fp32 (no benchmark yet)"
