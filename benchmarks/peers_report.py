@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.stages import BACKEND_NAMES  # noqa: E402
+from pipeline.benchmark import BACKEND_NAMES  # noqa: E402
 from serve.runtime import Bundle  # noqa: E402
 
 PEERS = ("ORT", "OpenVINO", "TensorRT", "torch.compile")

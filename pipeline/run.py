@@ -182,5 +182,11 @@ def tidy(run_dir: Path) -> None:
               flush=True)
 
 
+def require_exported(run: Run) -> None:
+    """The run has verified graphs (the stages after export need them), or a PipelineError saying what to run."""
+    if "fp32" not in run.manifest.get("variants", {}) or not run.manifest.get("graphs"):
+        raise PipelineError(f"{run.dir} has no verified model graphs; run `python -m pipeline export {run.dir}`")
+
+
 def as_run(run: Run | str | Path, allow_older: bool = False) -> Run:
     return run if isinstance(run, Run) else load_run(run, allow_older)

@@ -181,6 +181,7 @@ class Bundle:
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _serving: list | None = field(default=None, repr=False)  # serving_cases(), parsed once
+    _table: tuple | None = field(default=None, repr=False)  # _serving_table()
 
     @classmethod
     def open(cls, path: str | Path, threads: int = 0, spin: bool = False) -> "Bundle":
@@ -259,21 +260,37 @@ class Bundle:
         call, when it is usable here; else fp32. A call is its batch size and whatever else the task's
         cases vary (text: ``phase="decode", context=300``): cases that name another phase are not
         candidates, sizes count by their distance on a log scale, and axes the call does not give are
-        ignored; among equally near cases the variant most of them name wins."""
-        available = self.variants()
-        call = {"batch": batch, **call}
+        ignored; among equally near cases the variant most of them name wins. Answers are remembered
+        (a decode step costs well under a millisecond: the choice must cost microseconds)."""
+        cases, fallback, memo = self._serving_table()
+        key = (batch, *sorted(call.items()))
+        if (known := memo.get(key)) is not None:
+            return known
+        given = {k: math.log(max(v, 1)) if isinstance(v, int) else v for k, v in {"batch": batch, **call}.items()}
         near: list[tuple[float, str]] = []
-        for axes, variant in self.serving_cases():
-            if variant not in available or any(
-                    k in axes and not isinstance(v, int) and axes[k] != v for k, v in call.items()):
+        for axes, variant in cases:
+            if any(k in axes and isinstance(v, str) and axes[k] != v for k, v in given.items()):
                 continue
-            distance = sum(abs(math.log(max(axes[k], 1)) - math.log(max(v, 1))) for k, v in call.items()
-                           if isinstance(v, int) and isinstance(axes.get(k), int))
+            distance = sum(abs(axes[k] - v) for k, v in given.items()
+                           if isinstance(v, float) and isinstance(axes.get(k), float))
             near.append((round(distance, 9), variant))
-        if not near:
-            return available[0] if available else "fp32"
-        closest = [v for d, v in near if d == min(near)[0]]
-        return max(sorted(set(closest)), key=closest.count)
+        if near:
+            closest = [v for d, v in near if d == min(near)[0]]
+            fallback = max(sorted(set(closest)), key=closest.count)
+        if len(memo) < 1 << 16:
+            memo[key] = fallback
+        return fallback
+
+    def _serving_table(self) -> tuple[list[tuple[dict[str, float | str], str]], str, dict]:
+        """serving_cases() usable here, sizes as logs; the fallback; the memo of answers. Rebuilt when a
+        variant turns out unusable or a file damaged (both only grow)."""
+        state = (len(self.unusable), len(self.bad_files))
+        if self._table is None or self._table[0] != state:
+            available = self.variants()
+            cases = [({k: math.log(max(v, 1)) if isinstance(v, int) else v for k, v in axes.items()}, variant)
+                     for axes, variant in self.serving_cases() if variant in available]
+            self._table = (state, cases, available[0] if available else "fp32", {})
+        return self._table[1:]
 
     def served(self, graph: str, axes: "Callable[[Feeds], dict[str, int | str]] | None" = None) -> "ServedRunner":
         """A runner of ``graph`` that runs each call on :meth:`serving_variant` for that call: the

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.stages import _fastest
+from pipeline.benchmark import _fastest
 from serve.openvino_runtime import openvino_missing
 from serve.runtime import Bundle
 

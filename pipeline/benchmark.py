@@ -1,0 +1,159 @@
+"""The benchmark stage: every backend side by side on the task's cases (torch eager and
+torch.compile, ONNX Runtime in each accepted variant, OpenVINO, TensorRT), each running the served
+computation and scored on the held-out sets; it records the fastest accepted variant per case as the
+manifest's ``serving``. Writes benchmark.json, .md and .png into the bundle."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from export.benchmark import sample_call, summarize
+from export.verify import TorchRunner
+from pipeline import plots
+from pipeline.card import benchmark_table
+from pipeline.errors import PipelineError
+from pipeline.fileio import write_json, write_text
+from pipeline.run import Run, as_run, require_exported
+from pipeline.tasks.base import RunConfig, Task
+from serve.bundle import BundleError, first_line, graph_files, metric_columns
+from serve.openvino_runtime import openvino_missing
+from serve.runtime import Bundle
+
+BENCHMARK_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
+
+def benchmark(run: Run | str | Path) -> list[dict]:
+    """Latency and throughput of every backend side by side on the task's cases, each backend
+    running the served computation (the task's loop over its graphs), with its metric."""
+    run = as_run(run)
+    require_exported(run)
+    bcfg, task, m = run.cfg.benchmark, run.task, run.manifest
+    metric = task.metric.name
+    torch_threads = torch.get_num_threads()
+    try:
+        bundle = Bundle.open(run.dir, threads=bcfg.threads)
+    except BundleError as e:
+        raise PipelineError(str(e)) from None
+    def rebuild(variant: str) -> str:
+        return f"rerun `python -m pipeline {'export' if variant == 'fp32' else 'optimize'} {run.dir}`"
+
+    for variant, entry in m["variants"].items():  # an accepted variant must be benchmarked, not skipped
+        for f in graph_files(m, variant).values() if entry.get("status") == "accepted" else ():
+            if f in bundle.bad_files:
+                raise PipelineError(f"{run.dir / f} is corrupt or was changed after it was written "
+                                    f"({bundle.bad_files[f]}); {rebuild(variant)}")
+    columns = metric_columns(m)
+    torch_served = m["metrics"].get("torch_served", m["metrics"].get("torch", {}))
+    torch_metric = {key: torch_served.get(key) for _, key in columns}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # beside ORT's CUDA provider where there is one
+    torch_runners = {g: TorchRunner(graph.module, graph.contract, device) for g, graph in run.graphs.items()}
+    backends: dict[str, tuple[dict[str, Any], dict]] = {"torch eager": (torch_runners, torch_metric)}
+    skipped: dict[str, str] = {}
+    if bcfg.torch_compile:  # the peer a PyTorch user would try first: inductor, scored like the rest
+        try:
+            compiled = {g: TorchRunner(torch.compile(graph.module, dynamic=True), graph.contract, device)
+                        for g, graph in run.graphs.items()}
+            scores, _ = run.score(compiled)
+            backends["torch.compile"] = (compiled, {key: scores.get(key) for _, key in columns})
+        except Exception as e:  # noqa: BLE001 - no compiler here, an unsupported op: the row is skipped, saying why
+            skipped["torch.compile"] = f"{e.__class__.__name__}: {first_line(e, 200)}"
+    for variant in ("openvino", "openvino-int8"):  # peers that did not run here, and why
+        entry = m["variants"].get(variant, {})
+        if why := openvino_missing() or (entry.get("reason") if entry.get("status") == "failed" else ""):
+            skipped[BACKEND_NAMES[variant]] = why
+    served: dict[str, str] = {}  # backend name -> the variant serving would run
+    for variant in bundle.variants():
+        try:
+            runners = bundle.runners(variant)
+        except BundleError as e:
+            raise PipelineError(f"{run.dir}: {e}; {rebuild(variant)}") from None
+        name = BACKEND_NAMES.get(variant, f"ORT {variant}")
+        served[name] = variant
+        backends[name] = (runners, {key: m["variants"][variant].get(key) for _, key in columns})
+        if variant == "fp32":  # the same graph with ORT's threads spinning when idle (python -m serve --spin)
+            spinning = Bundle.open(run.dir, threads=bcfg.threads, spin=True).runners("fp32")
+            backends["ORT fp32 spin"] = (spinning, dict(backends[name][1]))
+    cases = task.benchmark_cases(run.data, run.cfg)
+    if not cases:
+        raise PipelineError(f"task {task.name} names no benchmark case")
+    if bcfg.threads:
+        torch.set_num_threads(bcfg.threads)
+    try:
+        rows = _time_cases(task, run.cfg, cases, backends)
+    finally:
+        torch.set_num_threads(torch_threads)
+        for graph in run.graphs.values():
+            graph.module.cpu()
+    axes = list(cases[0].axes)
+    for name, why in skipped.items():
+        print(f"{name}: skipped ({why})", flush=True)
+    info = {"cpu": platform.processor() or platform.machine(), "torch_device": device,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "threads": bcfg.threads or torch_threads,
+            "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows,
+            "skipped": skipped}
+    m["serving"] = _fastest(rows, axes, served)
+    write_json(run.dir / "benchmark.json", info)
+    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, columns, task.bench_unit, m.get("baselines")))
+    plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
+    for f in BENCHMARK_FILES:
+        run.record(f)
+    m["benchmark"] = {"file": "benchmark.json", "summary": _ratios(rows, axes)}
+    run.save()
+    return rows
+
+
+def _time_cases(task: Task, cfg: RunConfig, cases: list,
+                backends: dict[str, tuple[dict, dict]]) -> list[dict]:
+    """Every backend on every case, side by side: the median and p90 latency of the task's served
+    computation, the throughput in the task's unit, and the backend's metric. The grid is timed in
+    ``rounds`` passes and each cell's timings pooled over them (drift moves every cell alike)."""
+    bcfg = cfg.benchmark
+    cells = [(case, name, values, task.bench_call(runners, case, cfg))
+             for case in cases for name, (runners, values) in backends.items()
+             if not case.backends or name in case.backends]
+    times: list[list[float]] = [[] for _ in cells]
+    with tqdm(total=len(cells) * bcfg.rounds, desc="benchmark", leave=False, disable=None) as bar:
+        for r in range(bcfg.rounds):
+            for i, (_, _, _, call) in enumerate(cells):
+                times[i] += sample_call(call, bcfg.seconds / bcfg.rounds, -(-bcfg.min_runs // bcfg.rounds),
+                                        warmup=3 if r == 0 else 1)
+                bar.update(1)
+    rows = []
+    for (case, name, values, _), t in zip(cells, times):
+        timing = summarize(t)
+        row = {"backend": name, **case.axes, **timing, "throughput": case.units * 1000.0 / timing["median_ms"],
+               "unit": task.bench_unit, **values}
+        rows.append(row)
+        axes = "  ".join(f"{k} {v:>4}" for k, v in case.axes.items())
+        print(f"{name:12s} {axes}  median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
+              f"{row['throughput']:10.1f} {task.bench_unit}/s", flush=True)
+    return rows
+
+
+BACKEND_NAMES = {"tensorrt": "TensorRT", "openvino": "OpenVINO fp32", "openvino-int8": "OpenVINO INT8"}  # benchmark rows of served variants
+
+
+def _fastest(rows: list[dict], axes: list[str], served: dict[str, str]) -> dict[str, str]:
+    """Per benchmarked case ("batch 1": "int8"; text: "batch 1, phase prefill, context 512": ...), the
+    accepted variant serving can run (ONNX Runtime, OpenVINO, TensorRT: not torch) with the lowest
+    median latency. Serving runs each call on the case nearest it (``Bundle.serving_variant``): a text
+    prompt and the decode steps after it may run on different backends."""
+    cases: dict[str, dict[str, float]] = {}  # case -> variant -> median ms
+    for r in rows:
+        if r["backend"] in served:
+            label = ", ".join(f"{a} {r[a]}" for a in axes if a in r)
+            cases.setdefault(label, {})[served[r["backend"]]] = r["median_ms"]
+    return {label: min(times, key=lambda v: (times[v], v)) for label, times in cases.items()}
+
+
+def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:
+    """Each backend's speed-up over torch eager in the first case (median latency ratio)."""
+    first = {a: rows[0][a] for a in axes}
+    times = {r["backend"]: r["median_ms"] for r in rows if all(r[a] == v for a, v in first.items())}
+    ref = times.get("torch eager")
+    label = "_".join(f"{a}{v}" for a, v in first.items())
+    return {f"{k} speedup_{label}": ref / v for k, v in times.items() if ref and k != "torch eager"}
