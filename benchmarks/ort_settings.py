@@ -1,5 +1,6 @@
 """ONNX Runtime's own settings on a bundle's model.onnx, side by side: graph optimization level, intra-op
-threads, idle-thread spinning, the CPU memory arena, and OpenVINO (f32) beside them; with ``--profile``,
+threads, idle-thread spinning, the CPU memory arena, the layout transformers (NCHWc for fp32 Conv, NHWC
+for the INT8 graph's quantized Conv, each left out in turn), and OpenVINO (f32) beside them; with ``--profile``,
 where ORT's time goes, from its own profiler (``enable_profiling``), by operator type.
 
     .venv/bin/python benchmarks/ort_settings.py artifacts/segment/RUN [--batches 1 32] [--profile]
@@ -29,7 +30,8 @@ LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.Gr
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
-def session(data: bytes, level: str, threads: int, spin: bool, arena: bool = True, profile: str = ""):
+def session(data: bytes, level: str, threads: int, spin: bool, arena: bool = True, profile: str = "",
+            disabled: tuple[str, ...] = ()):
     o = ort.SessionOptions()
     o.graph_optimization_level = LEVELS[level]
     o.intra_op_num_threads = threads
@@ -37,7 +39,9 @@ def session(data: bytes, level: str, threads: int, spin: bool, arena: bool = Tru
     o.enable_cpu_mem_arena = arena
     if profile:
         o.enable_profiling, o.profile_file_prefix = True, profile
-    s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
+    # ``disabled``: ORT's own graph transformers left out by name (the layout ones: NchwcTransformer
+    # rewrites fp32 Conv into blocked NCHWc kernels, NhwcTransformer quantized Conv into NHWC ones)
+    s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
     run = lambda feeds: s.run(None, feeds)  # noqa: E731
     run.session = s
     return run
@@ -79,6 +83,13 @@ def main() -> None:
     settings["ORT all, 1 thread"] = session(data, "all", 1, False)
     settings["ORT all, 2 threads, spin"] = session(data, "all", 2, True)
     settings["ORT all, 2 threads, sleep, no arena"] = session(data, "all", 2, False, arena=False)
+    settings["ORT all without NchwcTransformer"] = session(data, "all", 2, False, disabled=("NchwcTransformer",))
+    int8 = args.run / "model.int8.onnx"
+    if int8.is_file():  # the layouts on the static QDQ graph: ORT fuses it to QLinearConv, NHWC by default
+        q = int8.read_bytes()
+        settings["ORT int8, all"] = session(q, "all", 2, False)
+        settings["ORT int8, all without NhwcTransformer"] = session(q, "all", 2, False, disabled=("NhwcTransformer",))
+        settings["ORT int8, extended"] = session(q, "extended", 2, False)
     if not openvino_missing():
         settings["OpenVINO f32"] = OpenVinoSession(data, name="model.onnx")
     for n in args.batches:
