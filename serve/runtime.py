@@ -180,7 +180,6 @@ class Bundle:
     _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _serving: list | None = field(default=None, repr=False)  # serving_cases(), parsed once
     _table: tuple | None = field(default=None, repr=False)  # _serving_table()
 
     @classmethod
@@ -245,14 +244,12 @@ class Bundle:
     def serving_cases(self) -> list[tuple[dict[str, int | str], str]]:
         """The manifest's ``serving`` as (case axes, variant): ``"batch 1, phase prefill, context 128"``
         -> ({"batch": 1, "phase": "prefill", "context": 128}, variant). Keys that do not parse are ignored."""
-        if self._serving is None:
-            cases = []
-            for key, variant in self.manifest.get("serving", {}).items():
-                pairs = [part.strip().partition(" ") for part in key.split(",")]
-                if pairs and all(name and value for name, _, value in pairs):
-                    cases.append(({name: int(value) if value.isdigit() else value for name, _, value in pairs}, variant))
-            self._serving = cases
-        return self._serving
+        cases = []
+        for key, variant in self.manifest.get("serving", {}).items():
+            pairs = [part.strip().partition(" ") for part in key.split(",")]
+            if pairs and all(name and value for name, _, value in pairs):
+                cases.append(({name: int(value) if value.isdigit() else value for name, _, value in pairs}, variant))
+        return cases
 
     def serving_variant(self, batch: int = 1, **call: int | str) -> str:
         """What runs a call unless the caller names a variant: the benchmark's fastest accepted variant
@@ -266,7 +263,7 @@ class Bundle:
         key = (batch, *sorted(call.items()))
         if (known := memo.get(key)) is not None:
             return known
-        given = {k: math.log(max(v, 1)) if isinstance(v, int) else v for k, v in {"batch": batch, **call}.items()}
+        given = _log_sizes({"batch": batch, **call})
         near: list[tuple[float, str]] = []
         for axes, variant in cases:
             if any(k in axes and isinstance(v, str) and axes[k] != v for k, v in given.items()):
@@ -287,8 +284,7 @@ class Bundle:
         state = (len(self.unusable), len(self.bad_files))
         if self._table is None or self._table[0] != state:
             available = self.variants()
-            cases = [({k: math.log(max(v, 1)) if isinstance(v, int) else v for k, v in axes.items()}, variant)
-                     for axes, variant in self.serving_cases() if variant in available]
+            cases = [(_log_sizes(axes), variant) for axes, variant in self.serving_cases() if variant in available]
             self._table = (state, cases, available[0] if available else "fp32", {})
         return self._table[1:]
 
@@ -394,6 +390,11 @@ class Bundle:
         """``INT8, CPUExecutionProvider``: what runs a variant, for the app's latency lines."""
         providers = {r.provider for r in self.runners(variant).values()}
         return f"{variant_title(variant)}, {', '.join(sorted(providers))}"
+
+
+def _log_sizes(axes: dict[str, int | str]) -> dict[str, float | str]:
+    """A case's or a call's axes with sizes as logarithms (serving compares sizes on a log scale)."""
+    return {k: math.log(max(v, 1)) if isinstance(v, int) else v for k, v in axes.items()}
 
 
 class ServedRunner:
