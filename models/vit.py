@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.classifiers import ClassifierConfig
-from models.layers import LearnedPositionalEmbedding, TransformerBlock
+from models.layers import LearnedPositionalEmbedding, StridedConv2d, TransformerBlock
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ViT(nn.Module):
             raise ValueError(f"patch_size {cfg.patch_size} must divide image_size {cfg.image_size}")
         self.cfg = cfg
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
-        self.patchify = nn.Conv2d(cfg.in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.patchify = StridedConv2d(cfg.in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos = LearnedPositionalEmbedding(num_patches + 1, cfg.dim)
         self.blocks = nn.ModuleList(

@@ -4,7 +4,6 @@ computation and scored on the held-out sets; it records the fastest accepted var
 manifest's ``serving``. Writes benchmark.json, .md and .png into the bundle."""
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import write_json, write_text
 from pipeline.run import Run, as_run, require_exported
 from pipeline.tasks.base import RunConfig, Task
-from serve.bundle import BundleError, first_line, graph_files, metric_columns
+from serve.bundle import BundleError, cpu_info, cpu_line, first_line, graph_files, metric_columns
 from serve.openvino_runtime import openvino_missing
 from serve.runtime import Bundle
 
@@ -90,18 +89,21 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     axes = list(cases[0].axes)
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})", flush=True)
-    info = {"cpu": platform.processor() or platform.machine(), "torch_device": device,
+    cpu = cpu_info()
+    print(f"cpu: {cpu_line(cpu)}", flush=True)
+    info = {"cpu": cpu, "torch_device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
             "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows,
             "skipped": skipped}
     m["serving"] = _fastest(rows, axes, served)
     write_json(run.dir / "benchmark.json", info)
-    write_text(run.dir / "benchmark.md", benchmark_table(rows, axes, columns, task.bench_unit, m.get("baselines")))
+    write_text(run.dir / "benchmark.md", f"CPU: {cpu_line(cpu)}; {info['threads']} threads\n\n"
+               + benchmark_table(rows, axes, columns, task.bench_unit, m.get("baselines")))
     plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
     for f in BENCHMARK_FILES:
         run.record(f)
-    m["benchmark"] = {"file": "benchmark.json", "summary": _ratios(rows, axes)}
+    m["benchmark"] = {"file": "benchmark.json", "cpu": cpu, "summary": _ratios(rows, axes)}
     run.save()
     return rows
 

@@ -86,6 +86,35 @@ def variant_title(variant: str) -> str:
     return VARIANTS[variant].title if variant in VARIANTS else variant
 
 
+# the instruction sets that decide kernels and INT8 speed (VNNI: int8 dot products; AMX: tiles)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """This machine's CPU: model name, logical cores and which of :data:`CPU_FLAGS` it has. Served
+    variants, INT8 choices and every timing depend on them, so benchmarks record them beside their figures."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def cpu_line(cpu: dict[str, Any]) -> str:
+    """``cpu_info()`` in words: "Intel(R) Xeon(R) Processor, 2 cores, avx2 avx512f avx512_vnni"."""
+    return f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} cores, {' '.join(cpu.get('flags', ())) or 'no AVX2'}"
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

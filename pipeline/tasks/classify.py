@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import models
+from models.layers import channels_first
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
 from pipeline.data.augment import augment
 from pipeline.data.drawn import drawn_digits, font_digits, other_hand_digits, scanned
@@ -158,7 +159,7 @@ class Preprocess(nn.Module):
         x = image.float() / 255.0  # (N, H, W, C)
         if self.in_chans == 1:
             x = x.mean(dim=-1, keepdim=True)  # (N, H, W, 1)
-        x = x.permute(0, 3, 1, 2)  # (N, c, H, W)
+        x = channels_first(x)  # (N, c, H, W)
         if self.crop:
             return 1.0 - crop_to_ink(1.0 - x, self.size)  # (N, c, S, S)
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import models
+from models.layers import channels_first
 from export.contract import DimRange
 from pipeline.data.images import load_digits
 from pipeline.data.scenes import Scene, SceneData, generated
@@ -76,7 +77,7 @@ class ScenePreprocess(nn.Module):
         self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+        x = channels_first(image).float() / 255.0  # (N, 3, H, W)
         x = (x - self.mean) / self.std
         h, w, s = x.shape[2], x.shape[3], self.stride
         # the sides rounded up by floor division: inductor (torch 2.13, dynamic shapes) fails on the
