@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.layers import TransformerBlock
+from models.layers import TransformerBlock, additive_mask
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values (N, H, P, Dh)
 
@@ -111,7 +111,7 @@ class GPT(nn.Module):
         # a query sees the real keys up to itself; a padding query sees itself (finite, and ignored)
         mask = ((keys[None] <= queries)[None] & real[:, None]) | (keys[None] == queries)[None]  # (N, T, P + T)
         # the mask as one additive bias (0 or -inf), built once for every layer
-        bias = torch.zeros(mask.shape, device=ids.device).masked_fill(~mask, float("-inf"))[:, None]  # (N, 1, T, P + T)
+        bias = additive_mask(mask)[:, None]  # (N, 1, T, P + T)
         x = self.embed(ids, positions)  # (N, T, D)
         present = []
         for block, (k, v) in zip(self.blocks, past):

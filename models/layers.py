@@ -40,8 +40,8 @@ class StridedConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():  # inference: no backward, the NHWC forward is sound
-            return super().forward(x)
+        # always, not only when gradients are on: the kernels, and so the rounding, are then the same in
+        # training, evaluation and export
         return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
 
 
@@ -104,11 +104,14 @@ class Rotary(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head scaled dot-product attention (book 5.x).
+    """Multi-head scaled dot-product attention (book 5.x): queries from ``x``, keys and values from
+    ``source`` (cross-attention) or from ``x`` itself (self-attention).
 
-    forward(x (N, T, D), mask (T, T) bool or additive float, optional) -> (N, T, D).
-    ``mask`` True (or 0.0) means "may attend"; pass it explicitly rather than ``is_causal``,
-    so that graphs with a KV cache stay correct.
+    One ``qkv`` projection holds the three weights; self-attention runs it as one matmul, cross-
+    attention applies its query rows to ``x`` and its key/value rows to ``source``. Masks are explicit:
+    ``mask`` True (or an additive 0.0) means "may attend"; pass it rather than ``is_causal`` wherever a
+    KV cache is involved (the queries are then the *last* T of the keys, which a top-left causal mask
+    gets wrong).
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, rotary: bool = False):
@@ -121,14 +124,29 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.rotary = Rotary(dim // num_heads) if rotary else None
 
+    def split(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) -> (N, nh, T, hs)."""
+        n, t, d = z.shape
+        return z.view(n, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, T, D) -> q (N, nh, T, hs), unrotated (cross-attention queries)."""
+        d = x.shape[-1]
+        return self.split(F.linear(x, self.qkv.weight[:d], self.qkv.bias[:d]))
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """source (N, S, D) -> k, v (N, nh, S, hs) each: what a cross-attention cache holds (computed once
+        per source, e.g. by an encoder graph, and reused at every decode step)."""
+        d = source.shape[-1]
+        k, v = F.linear(source, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=-1)
+        return self.split(k), self.split(v)
+
     def heads(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """(N, T, D) -> q, k, v (N, nh, T, hs) each; q and k rotated by ``positions`` (T,) or (N, T)
-        when the attention is rotary (default positions 0..T-1)."""
-        n, t, d = x.shape
-        q, k, v = (z.view(n, t, self.num_heads, d // self.num_heads).transpose(1, 2)
-                   for z in self.qkv(x).split(d, dim=-1))
+        """Self-attention's (N, T, D) -> q, k, v (N, nh, T, hs) each; q and k rotated by ``positions`` (T,)
+        or (N, T) when the attention is rotary (default positions 0..T-1)."""
+        q, k, v = (self.split(z) for z in self.qkv(x).split(x.shape[-1], dim=-1))
         if self.rotary is not None:
-            positions = torch.arange(t, device=x.device) if positions is None else positions
+            positions = torch.arange(x.shape[1], device=x.device) if positions is None else positions
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         return q, k, v
 
@@ -141,27 +159,40 @@ class MultiHeadAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(n, t, -1))  # (N, nh, T, hs) -> (N, T, D)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.attend(*self.heads(x, positions), mask, is_causal)
+                positions: torch.Tensor | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, T, D) -> (N, T, D); ``source`` (N, S, D): cross-attention to it (``mask`` broadcastable
+        to (N, nh, T, S), e.g. the source's padding as (N, 1, 1, S))."""
+        if source is None:
+            return self.attend(*self.heads(x, positions), mask, is_causal)
+        return self.attend(self.queries(x), *self.keys_values(source), mask, is_causal)
 
     def forward_cached(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, bias: torch.Tensor,
                        positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The KV-cache path: x (N, T, D) are the new tokens, past_k / past_v (N, nh, P, hs) the cached
-        keys and values of the P tokens before them (P may be 0; rotary keys are cached rotated);
-        ``bias`` (N or 1, 1, T, P + T) float says which keys each new token may see: 0 where it may, -inf
-        where not, added to the scores (explicit: a top-left ``is_causal`` mask is wrong when P > 0; one
-        Add per layer, where a boolean ``masked_fill`` was a broadcast Where, 5.6x slower in ONNX
-        Runtime); ``positions`` (N, T) of the new tokens.
+        """Self-attention with a KV cache: x (N, T, D) are the new tokens, past_k / past_v (N, nh, P, hs)
+        the cached keys and values of the P tokens before them (P may be 0; rotary keys are cached
+        rotated); ``bias`` (N or 1, 1, T, P + T) float says which keys each new token may see: 0 where
+        it may, -inf where not, added to the scores (one Add per layer, where a boolean ``masked_fill``
+        was a broadcast Where, 5.6x slower in ONNX Runtime); ``positions`` (N, T) of the new tokens.
         Returns y (N, T, D) and the cache with the new tokens, k / v (N, nh, P + T, hs)."""
         q, k, v = self.heads(x, positions)
         k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        return self.attend_cached(q, k, v, bias), k, v
+
+    def attend_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """q (N, nh, T, hs) over a cache k, v (N, nh, K, hs) with an additive ``bias`` broadcastable to
+        (N, nh, T, K) -> (N, T, D). Cross-attention over cached source keys uses it as it is."""
         # written out rather than scaled_dot_product_attention: its ONNX decomposition transposes and
-        # scales the whole cache at every step (a copy of K per layer per byte); here the scale goes on
-        # q and ORT fuses the transpose into the MatMul
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (N, nh, T, P + T)
+        # scales the whole cache at every step (a copy of K per layer per token); here the scale goes
+        # on q and ORT fuses the transpose into the MatMul
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (N, nh, T, K)
         weights = torch.softmax(scores + bias, dim=-1)
         n, _, t, _ = q.shape
-        return self.proj((weights @ v).transpose(1, 2).reshape(n, t, -1)), k, v
+        return self.proj((weights @ v).transpose(1, 2).reshape(n, t, -1))
+
+
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean "may attend" mask -> the additive bias the cached attention takes (0 or -inf)."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
 class TransformerBlock(nn.Module):

@@ -43,7 +43,7 @@ class Run:
 
     @cached_property
     def graphs(self) -> dict[str, Graph]:
-        return self.task.graphs(self.model.eval().cpu(), self.cfg, self.data)
+        return self.task.graphs(self.model.eval().cpu(), self.data, self.cfg)
 
     @cached_property
     def eval_sets(self) -> list[EvalSet]:

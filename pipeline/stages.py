@@ -49,7 +49,7 @@ Builder = Callable[[Path, Path, str, Run], Any]
 
 
 def _calibration(run: Run, graph: str):
-    batches = run.task.calibration(run.data, run.cfg, run.cfg.optimize.calibration_samples)
+    batches = run.task.calibration(run.data, run.cfg.optimize.calibration_samples, run.cfg)
     if batches is None or graph not in batches:
         raise ValueError(f"{run.task.name} gives no calibration data for static INT8")
     return batches[graph]
@@ -138,7 +138,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         cfg = resolve(task, preset, *layers)
     rt = setup_runtime(cfg.train)
     dataset = task.load_data(cfg)
-    cfg = task.complete_config(cfg, dataset)
+    cfg = task.complete_config(dataset, cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(task, cfg, dataset)  # before anything is written: a config torch refuses leaves no folder
     if resume is None:
@@ -153,7 +153,8 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         print(f"training {task.name}/{cfg.model_name} ({cfg.preset}) on {task.describe_data(dataset)} "
               f"on {rt.device}{f' x {rt.world_size} processes' if rt.distributed else ''} -> {run_dir}", flush=True)
     meta = {"task": task.name, "model": cfg.model_name, "model_config": json.dumps(cfg.to_dict()["model"])}
-    trained = fit(task.make_training_step(cfg), task.evaluate, model, task.dataset(dataset, "train", cfg),
+    evaluate = lambda m, split, device: task.evaluate(m, split, device, cfg)  # noqa: E731  (the loop's EvalFn)
+    trained = fit(task.make_training_step(cfg), evaluate, model, task.dataset(dataset, "train", cfg),
                   task.dataset(dataset, "val", cfg), cfg.train, run_dir, meta, resume=resume is not None,
                   collate=task.collate, unit=task.train_unit)
     final = run_dir.with_name(run_dir.name.removesuffix(PARTIAL))
@@ -165,7 +166,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     }
     if not rt.is_main:
         return Run(run_dir, task, cfg, dataset, trained, manifest)
-    test = task.evaluate(trained, task.dataset(dataset, "test", cfg), rt.device)
+    test = task.evaluate(trained, task.dataset(dataset, "test", cfg), rt.device, cfg)
     run = Run(run_dir, task, cfg, dataset, trained.cpu().eval(), manifest)
     plots.plot_curves(read_metrics(run_dir), task.metric.name, run_dir / "curves.png")
     manifest["metrics"]["torch"] = test
@@ -218,14 +219,14 @@ def export(run: Run | str | Path) -> dict[str, Path]:
         for stale in ("benchmark", "io", "labels"):  # "io", "labels": schema 1
             m.pop(stale, None)
         m.update(schema_version=SCHEMA_VERSION, metric=metric_entry(run), inference=to_dict(run.cfg.inference),
-                 info=task.info(run.cfg, run.data), parity=parity, variants={"fp32": {"status": "accepted", **scores}},
+                 info=task.info(run.data, run.cfg), parity=parity, variants={"fp32": {"status": "accepted", **scores}},
                  graphs={g: {"io": graph.contract.io_spec(), "files": {"fp32": files[g]}}
                          for g, graph in graphs.items()})
         m["metrics"]["onnx_fp32"] = scores
         m["metrics"]["torch_served"] = run.scores(reference)
         m["baselines"] = task.baselines(run.data, run.cfg)
         m["samples"] = task.samples(runners, run.data, run.cfg)
-        for name, data in task.bundle_files(run.cfg, run.data).items():
+        for name, data in task.bundle_files(run.data, run.cfg).items():
             name = safe_file_name(name)
             with atomic_path(run.dir / name) as t:
                 t.write_bytes(data)

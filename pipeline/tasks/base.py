@@ -13,6 +13,7 @@ checked for unknown keys and types.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Literal
@@ -159,8 +160,12 @@ class BenchCase:
     backends: tuple[str, ...] = ()  # only these backends time this case (e.g. "torch eager"); empty: all
 
 
-class Task:
-    """The training-side interface of a task. Class attributes describe it; methods do the work."""
+class Task(ABC):
+    """The training-side interface of a task. Class attributes describe it; methods do the work.
+
+    The abstract methods are required: a task missing one is refused when it is registered
+    (:func:`register`). Arguments come in one order throughout: what the method works on first, the run
+    config last."""
 
     name: ClassVar[str]
     architectures: ClassVar[tuple[str, ...]]  # model.name choices, from the models registry
@@ -176,66 +181,66 @@ class Task:
 
     # -- data and model ------------------------------------------------------------------------
 
+    @abstractmethod
     def load_data(self, cfg: RunConfig) -> Any:
         """The task's data (splits train / val / test), from cfg.data."""
-        raise NotImplementedError
 
     def describe_data(self, data: Any) -> str:
         """One line for the training banner."""
         return str(getattr(data, "source", type(data).__name__))
 
-    def complete_config(self, cfg: RunConfig, data: Any) -> RunConfig:
+    def complete_config(self, data: Any, cfg: RunConfig) -> RunConfig:
         """Fill in config fields that the data decides (class count, vocabulary)."""
         return cfg
 
-    def build_model(self, cfg: RunConfig, data: Any | None = None) -> nn.Module:
-        """The trainable module; ``data`` is given when training starts (to fit normalization, say)."""
-        raise NotImplementedError
+    @abstractmethod
+    def build_model(self, data: Any | None, cfg: RunConfig) -> nn.Module:
+        """The trainable module; ``data`` is given when training starts (to fit normalization, say), None otherwise."""
 
+    @abstractmethod
     def dataset(self, data: Any, split: Literal["train", "val", "test"], cfg: RunConfig) -> Dataset:
         """A torch Dataset of one split (map-style: random windows are indices into one long array)."""
-        raise NotImplementedError
 
     collate: ClassVar[Any] = None  # list of samples -> batch (variable lengths); None: torch's default
 
+    @abstractmethod
     def make_training_step(self, cfg: RunConfig) -> StepFn:
         """step(model, batch, device, generator) -> (loss, units in the batch)."""
-        raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, data_set: Dataset, device: torch.device) -> dict[str, float]:
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data_set: Dataset, device: torch.device, cfg: RunConfig) -> dict[str, float]:
         """Torch-side metrics of a split (``metric.name`` among them); EvalFn of the loop."""
-        raise NotImplementedError
 
     # -- export, verification, benchmark ----------------------------------------------------------
 
-    def graphs(self, model: nn.Module, cfg: RunConfig, data: Any) -> dict[str, Graph]:
+    @abstractmethod
+    def graphs(self, model: nn.Module, data: Any, cfg: RunConfig) -> dict[str, Graph]:
         """The graphs to export, by name (the name is the file stem: ``model`` -> model.onnx)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval_sets(self, data: Any, cfg: RunConfig) -> list[EvalSet]:
         """Held-out inputs; the first is scored (the task's metric), every one is checked for parity."""
-        raise NotImplementedError
 
+    @abstractmethod
     def infer(self, runners: Runners, items: Any, cfg: RunConfig) -> Any:
         """Run the served computation over graph runners: one call per batch, or the decode/sampler
         loop of ``serve/tasks/<task>.py``. The same code runs ORT, TensorRT and torch runners."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score(self, outputs: Any, items: Any, cfg: RunConfig) -> dict[str, float]:
         """Metrics of :meth:`infer`'s outputs on an eval set (``metric.name`` among them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def parity(self, reference: Any, candidate: Any, items: Any = None) -> dict[str, float]:
         """How far two runs of :meth:`infer` on ``items`` are apart; gated by each graph contract's parity bounds."""
-        raise NotImplementedError
 
-    def calibration(self, data: Any, cfg: RunConfig, samples: int) -> dict[str, Iterable[Feeds]] | None:
+    def calibration(self, data: Any, samples: int, cfg: RunConfig) -> dict[str, Iterable[Feeds]] | None:
         """Per graph, input batches to calibrate static INT8; None: static INT8 does not apply."""
         return None
 
+    @abstractmethod
     def benchmark_cases(self, data: Any, cfg: RunConfig) -> list[BenchCase]:
         """What the benchmark times, with the task's axes and units."""
-        raise NotImplementedError
 
     def bench_call(self, runners: Runners, case: BenchCase, cfg: RunConfig) -> Callable[[], Any]:
         """What one timed call of ``case`` is; untimed set-up (a prompt's KV cache before a decode step)
@@ -252,7 +257,7 @@ class Task:
         {name: {metric name: value, scored set name: value}}."""
         return {}
 
-    def bundle_files(self, cfg: RunConfig, data: Any) -> dict[str, bytes]:
+    def bundle_files(self, data: Any, cfg: RunConfig) -> dict[str, bytes]:
         """Files other runtimes need beside the graphs (an onnxruntime-genai config, a tokenizer), by
         name: written at export into the bundle's folder and listed with their sha256."""
         return {}
@@ -261,9 +266,31 @@ class Task:
         """Held-out examples for the app and model card, as (file name, file bytes) of the task's kind."""
         return []
 
-    def info(self, cfg: RunConfig, data: Any) -> dict[str, Any]:
+    def info(self, data: Any, cfg: RunConfig) -> dict[str, Any]:
         """Task facts serving needs (labels, vocabulary): the manifest's ``info``."""
         return {}
+
+
+REQUIRED_ATTRIBUTES = ("name", "architectures", "default_model", "presets", "metric", "DataConfig")
+
+
+def register(*classes: type[Task]) -> dict[str, Task]:
+    """The registry of ``classes``: name -> instance. A class missing a required method or class
+    attribute, or naming a task twice, is refused here, with one line saying what it lacks."""
+    registry: dict[str, Task] = {}
+    for cls in classes:
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        missing += [a for a in REQUIRED_ATTRIBUTES if not hasattr(cls, a)]
+        if missing:
+            raise PipelineError(f"task class {cls.__name__} cannot be registered: it lacks {', '.join(missing)}")
+        task = cls()
+        if task.name in registry:
+            raise PipelineError(f"task {task.name!r} is registered twice ({cls.__name__})")
+        if task.default_model not in task.architectures or set(task.presets) - set(PRESETS):
+            raise PipelineError(f"task {task.name!r}: default_model must be one of its architectures and its "
+                                f"presets among {', '.join(PRESETS)}")
+        registry[task.name] = task
+    return registry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +339,7 @@ def build_model(task: Task, cfg: RunConfig, data: Any | None = None) -> nn.Modul
     """``task.build_model``, with a model config that passes its types but not torch (a negative
     width, a dropout of 5, sizes beyond memory) one clear error rather than torch's traceback."""
     try:
-        return task.build_model(cfg, data)
+        return task.build_model(data, cfg)
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
         raise PipelineError(f"cannot build {cfg.model_name} from this model config ({first_line(e)}); "
                             f"check the model.* settings") from None
@@ -327,4 +354,4 @@ def with_model_fields(cfg: RunConfig, **values) -> RunConfig:
 
 
 __all__ = ["BenchCase", "BenchmarkConfig", "EvalFn", "EvalSet", "Graph", "Metric", "NoInference", "OptimizeConfig",
-           "RunConfig", "StepFn", "Task", "resolve", "with_model_fields"]
+           "RunConfig", "StepFn", "Task", "register", "resolve", "with_model_fields"]

@@ -292,10 +292,10 @@ print(labels[int(probs.argmax())], float(probs.max()))
     def describe_data(self, data: ImageData) -> str:
         return f"{data.source} [{len(data.train)} train / {len(data.val)} val / {len(data.test)} test]"
 
-    def complete_config(self, cfg: RunConfig, data: ImageData) -> RunConfig:
+    def complete_config(self, data: ImageData, cfg: RunConfig) -> RunConfig:
         return with_model_fields(cfg, in_chans=cfg.data.channels, num_classes=len(data.class_names))
 
-    def build_model(self, cfg: RunConfig, data: ImageData | None = None) -> ImageClassifier:
+    def build_model(self, data: ImageData | None, cfg: RunConfig) -> ImageClassifier:
         """With ``data``, the normalization statistics come from its training split."""
         net = models.create_model(cfg.model_name, cfg.model)
         model = ImageClassifier(net, cfg.model.in_chans, cfg.model.image_size, cfg.data.crop_to_ink)
@@ -310,7 +310,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
     def make_training_step(self, cfg: RunConfig):
         return make_training_step(cfg)
 
-    def evaluate(self, model: nn.Module, data_set: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data_set: Dataset, device: torch.device, cfg: RunConfig) -> dict[str, float]:
         return evaluate(model, data_set, device)
 
     # -- export, verification, benchmark ----------------------------------------------------------
@@ -330,7 +330,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
             exact=("classifier.preprocess",),  # the crop's box and contrast stay exact in fp16 and int8
         )
 
-    def graphs(self, model: ImageClassifier, cfg: RunConfig, data: ImageData) -> dict[str, Graph]:
+    def graphs(self, model: ImageClassifier, data: ImageData, cfg: RunConfig) -> dict[str, Graph]:
         metadata = {
             "task": self.name,
             "labels": ",".join(data.class_names),
@@ -372,7 +372,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
         return {"max_abs_diff": float(np.abs(a - b).max()),
                 "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
 
-    def calibration(self, data: ImageData, cfg: RunConfig, samples: int) -> dict[str, Iterator[dict]]:
+    def calibration(self, data: ImageData, samples: int, cfg: RunConfig) -> dict[str, Iterator[dict]]:
         images = data.train.images[:samples]
         return {"model": ({"image": images[i : i + 32]} for i in range(0, len(images), 32))}
 
@@ -398,5 +398,5 @@ print(labels[int(probs.argmax())], float(probs.max()))
                 out.append((f"{label}_{i}.png", buf.getvalue()))
         return out
 
-    def info(self, cfg: RunConfig, data: ImageData) -> dict:
+    def info(self, data: ImageData, cfg: RunConfig) -> dict:
         return {"labels": list(data.class_names)}

@@ -268,7 +268,7 @@ picture.save("detections.png")
         return loss, images.shape[0]
 
     @torch.inference_mode()
-    def evaluate(self, model: Detector, data_set: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: Detector, data_set: Dataset, device: torch.device, cfg: RunConfig) -> dict[str, float]:
         was_training = model.training
         model.eval()
         run = TorchRunner(Deployable(model), self.contract(), device)  # the graph as PyTorch runs it
@@ -303,7 +303,7 @@ picture.save("detections.png")
             exact=("detector.preprocess", "detector.net.default_boxes", "postprocess"),
         )
 
-    def graphs(self, model: Detector, cfg: RunConfig, data: SceneData) -> dict[str, Graph]:
+    def graphs(self, model: Detector, data: SceneData, cfg: RunConfig) -> dict[str, Graph]:
         metadata = {
             "task": self.name, "labels": ",".join(data.class_names), "architecture": cfg.model_name,
             "inputs": "image: uint8 [N,H,W,3] RGB, any size; score_threshold, iou_threshold: float32 scalars",
@@ -329,7 +329,7 @@ picture.save("detections.png")
             out["map50_diff"] = abs(a["map50"] - b["map50"]) if not math.isnan(a["map50"]) else 0.0
         return out
 
-    def calibration(self, data: SceneData, cfg: RunConfig, samples: int):
+    def calibration(self, data: SceneData, samples: int, cfg: RunConfig):
         feeds = thresholds(EVAL_SCORE, cfg.inference.iou_threshold)
         return {"model": ({"image": images, **feeds} for images in self.calibration_images(data, samples))}
 
@@ -343,5 +343,5 @@ picture.save("detections.png")
         shown = [f"{names[c]} ({s:.2f})" for c, s in zip(output.labels, output.scores) if s >= PARITY_SCORE]
         return "found " + (", ".join(shown) or "nothing") + f" (score >= {PARITY_SCORE})"
 
-    def info(self, cfg: RunConfig, data: SceneData) -> dict:
+    def info(self, data: SceneData, cfg: RunConfig) -> dict:
         return {"labels": list(data.class_names), "max_detections": MAX_DETECTIONS}

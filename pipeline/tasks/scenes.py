@@ -9,6 +9,7 @@ the network's stride (padding reads as the mean colour).
 from __future__ import annotations
 
 import io
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -158,17 +159,17 @@ class SceneTask(Task):
     user_loader: ClassVar[Callable[[str, tuple[float, float], int], SceneData]]
     extra_classes: ClassVar[int] = 0  # the network's classes beyond the labels (segment: background)
 
+    @abstractmethod
     def step(self, model: nn.Module, batch: dict, device: torch.device, generator: torch.Generator):
         """The training step on a collated batch (:func:`collate_scenes`): (loss, images)."""
-        raise NotImplementedError
 
     def make_training_step(self, cfg: RunConfig):
         return self.step
 
-    def complete_config(self, cfg: RunConfig, data: SceneData) -> RunConfig:
+    def complete_config(self, data: SceneData, cfg: RunConfig) -> RunConfig:
         return with_model_fields(cfg, num_classes=len(data.class_names) + self.extra_classes)
 
-    def build_model(self, cfg: RunConfig, data: SceneData | None = None) -> nn.Module:
+    def build_model(self, data: SceneData | None, cfg: RunConfig) -> nn.Module:
         """With ``data``, the normalization statistics come from its training scenes."""
         model = self.wrapper(models.create_model(cfg.model_name, cfg.model))
         if data is not None:
@@ -212,9 +213,9 @@ class SceneTask(Task):
         for _, images in batches(scenes, 16):
             yield images
 
+    @abstractmethod
     def describe_output(self, output: Any, names: list[str]) -> str:
         """One scene's served output in words (for the samples)."""
-        raise NotImplementedError
 
     def samples(self, runners, data: SceneData, cfg: RunConfig) -> list[dict[str, str]]:
         """What the exported model finds on a few held-out and stress scenes, beside the truth."""

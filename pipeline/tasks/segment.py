@@ -139,7 +139,7 @@ Image.fromarray((picture * 0.5 + colours[mask[0]] * 0.5).astype(np.uint8)).save(
         return loss, images.shape[0]
 
     @torch.inference_mode()
-    def evaluate(self, model: Segmenter, data_set: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: Segmenter, data_set: Dataset, device: torch.device, cfg: RunConfig) -> dict[str, float]:
         was_training = model.training
         model.eval()
         scenes = data_set.scenes
@@ -166,7 +166,7 @@ Image.fromarray((picture * 0.5 + colours[mask[0]] * 0.5).astype(np.uint8)).save(
             exact=("segmenter.preprocess", "postprocess"),
         )
 
-    def graphs(self, model: Segmenter, cfg: RunConfig, data: SceneData) -> dict[str, Graph]:
+    def graphs(self, model: Segmenter, data: SceneData, cfg: RunConfig) -> dict[str, Graph]:
         k = cfg.model.num_classes
         metadata = {
             "task": self.name, "labels": ",".join(["background", *data.class_names]), "architecture": cfg.model_name,
@@ -190,7 +190,7 @@ Image.fromarray((picture * 0.5 + colours[mask[0]] * 0.5).astype(np.uint8)).save(
         same = sum(int((a == b).sum()) for a, b in zip(reference, candidate))
         return {"mask_agreement": same / max(1, sum(a.size for a in reference))}
 
-    def calibration(self, data: SceneData, cfg: RunConfig, samples: int):
+    def calibration(self, data: SceneData, samples: int, cfg: RunConfig):
         return {"model": ({"image": images} for images in self.calibration_images(data, samples))}
 
     def bench_call(self, runners, case, cfg: RunConfig):
@@ -202,5 +202,5 @@ Image.fromarray((picture * 0.5 + colours[mask[0]] * 0.5).astype(np.uint8)).save(
         shown = [f"{names[c - 1]} ({counts[c] / output.size:.1%})" for c in np.argsort(-counts) if c > 0 and counts[c]]
         return "labelled " + (", ".join(shown) or "nothing") + " of the pixels"
 
-    def info(self, cfg: RunConfig, data: SceneData) -> dict:
+    def info(self, data: SceneData, cfg: RunConfig) -> dict:
         return {"labels": ["background", *data.class_names]}

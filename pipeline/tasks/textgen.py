@@ -25,11 +25,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import models
+from export.cache_graph import CacheStepGraph
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
 from export.genai import genai_files
 from models.gpt import GPT
 from pipeline.data import text as corpus
 from pipeline.errors import PipelineError
+from pipeline.tasks.cache import cache_tensors
 from pipeline.tasks.base import BenchCase, BenchmarkConfig, EvalSet, Graph, Metric, RunConfig, Task, with_model_fields
 from serve.bundle import BundleError
 from serve.tasks import textgen as loop
@@ -195,11 +197,7 @@ def cache_spec(m) -> CacheSpec:
 
 
 def contract(m) -> ExportContract:
-    h, dh, names = m.heads, m.dim // m.heads, loop.past_names(m.layers)
-    past = tuple(TensorSpec(n, "float32", ("batch", h, "past", dh), "cached keys/values of the earlier bytes "
-                            "(past = 0 for the prompt)") for n in names)
-    present = tuple(TensorSpec(loop.present_name(n), "float32", ("batch", h, "past+seq", dh),
-                               "the cache with this call's bytes appended") for n in names)
+    past, present = cache_tensors(cache_spec(m), "bytes")
     return ExportContract(
         inputs=(TensorSpec("input_ids", "int64", ("batch", "seq"), "UTF-8 bytes 0..255 (prompts left-padded)"),
                 TensorSpec("attention_mask", "int64", ("batch", "past+seq"),
@@ -212,19 +210,10 @@ def contract(m) -> ExportContract:
     )
 
 
-class CachedGPT(nn.Module):
-    """The deployable graph: input_ids, attention_mask, past_key_values.{i}.key/value (contract
-    order; ``*inputs`` since their number depends on the layers) -> logits, present.{i}.key/value."""
-
-    def __init__(self, model: GPT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ids, mask, *flat = inputs
-        past = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(flat) // 2)]
-        logits, present = self.model.forward_cached(ids, mask, past)
-        return (logits, *(t for kv in present for t in kv))
+def cached_gpt(model: GPT) -> CacheStepGraph:
+    """The deployable graph: input_ids, attention_mask, past_key_values.{i}.key/value (contract order)
+    -> logits, present.{i}.key/value."""
+    return CacheStepGraph(model, "forward_cached", model.cfg.layers, leading=2)
 
 
 def _windowed_runner(model: GPT, device: torch.device) -> Callable:
@@ -309,7 +298,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
     def describe_data(self, data: TextData) -> str:
         return data.describe()
 
-    def complete_config(self, cfg: RunConfig, data: TextData) -> RunConfig:
+    def complete_config(self, data: TextData, cfg: RunConfig) -> RunConfig:
         cfg = with_model_fields(cfg, vocab_size=loop.VOCAB)
         if cfg.data.block > cfg.model.context:
             raise PipelineError(f"data.block {cfg.data.block} is longer than model.context {cfg.model.context}")
@@ -318,7 +307,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
             raise PipelineError(f"benchmark prompt_lengths / contexts must be <= model.context {cfg.model.context}")
         return cfg
 
-    def build_model(self, cfg: RunConfig, data: TextData | None = None) -> GPT:
+    def build_model(self, data: TextData | None, cfg: RunConfig) -> GPT:
         return models.create_model(cfg.model_name, cfg.model)
 
     def dataset(self, data: TextData, split: str, cfg: RunConfig) -> Windows:
@@ -332,7 +321,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
 
         return step
 
-    def evaluate(self, model: GPT, data_set: Windows, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: GPT, data_set: Windows, device: torch.device, cfg: RunConfig) -> dict[str, float]:
         was_training = model.training
         model.eval()
         bpb = loop.bits_per_byte(_windowed_runner(model, device), data_set.data, cache_spec(model.cfg))
@@ -341,7 +330,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
 
     # -- export, verification, benchmark ----------------------------------------------------------
 
-    def graphs(self, model: GPT, cfg: RunConfig, data: TextData) -> dict[str, Graph]:
+    def graphs(self, model: GPT, data: TextData, cfg: RunConfig) -> dict[str, Graph]:
         m = cfg.model
         # past length 3 and 2 new bytes, one row left-padded: sizes other than 0 and 1 (torch.export
         # would specialize those)
@@ -354,7 +343,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
                     "head_dim": str(m.dim // m.heads), "special_bytes": "none: no BOS/EOS; prompts are left-padded "
                     "(attention_mask 0) and generation stops at max length or a stop sequence",
                     "data": data.source}
-        return {"model": Graph(CachedGPT(model), contract(m), example, metadata)}
+        return {"model": Graph(cached_gpt(model), contract(m), example, metadata)}
 
     def eval_sets(self, data: TextData, cfg: RunConfig) -> list[EvalSet]:
         d = cfg.data
@@ -391,7 +380,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
                 "max_abs_prefill_logit_diff": float(diff.max()) if diff.size else float("inf"),
                 "bits_per_byte_diff": abs(reference.bits_per_byte - candidate.bits_per_byte)}
 
-    def calibration(self, data: TextData, cfg: RunConfig, samples: int) -> dict[str, Any]:
+    def calibration(self, data: TextData, samples: int, cfg: RunConfig) -> dict[str, Any]:
         """Windows of training text with an empty cache (the prompt's call, which INT8 must get right)."""
         m, block = cfg.model, min(cfg.data.block, cfg.model.context)
         arr = np.frombuffer(data.bytes["train"], dtype=np.uint8).astype(np.int64)
@@ -439,11 +428,10 @@ print(tokenizer.decode(generator.get_sequence(0)))
         decoder = loop.Decoder(runner, spec, use_cache=items.use_cache)
         logits = decoder.prefill(items.prompts)[:, -1]
         token = loop.choose(logits, greedy, rng)
-        state = (decoder.ids, decoder.mask, getattr(decoder, "past", None), [bytes(r) for r in decoder.rows])
+        state = decoder.snapshot()
 
         def one_step():
-            decoder.ids, decoder.mask, decoder.past = state[0], state[1], state[2]
-            decoder.rows = [bytearray(r) for r in state[3]]
+            decoder.restore(state)
             return loop.choose(decoder.step(token), greedy, rng)
 
         return one_step
@@ -462,7 +450,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
                                                                                       data.bytes["test"]),
                                                    "stress": xz_bits_per_byte(data.bytes["train"], data.stress)}}
 
-    def bundle_files(self, cfg: RunConfig, data: TextData) -> dict[str, bytes]:
+    def bundle_files(self, data: TextData, cfg: RunConfig) -> dict[str, bytes]:
         """onnxruntime-genai runs ``model.onnx`` as it is with these: its config and a byte-level
         tokenizer (HF ``tokenizer.json``: token id = byte value)."""
         m = cfg.model
@@ -474,7 +462,7 @@ print(tokenizer.decode(generator.get_sequence(0)))
         lines = [p.decode("utf-8", errors="replace").replace("\n", " ").strip() for p in prompts]
         return [("prompts.txt", ("\n".join(lines) + "\n").encode())]
 
-    def info(self, cfg: RunConfig, data: TextData) -> dict:
+    def info(self, data: TextData, cfg: RunConfig) -> dict:
         m = cfg.model
         return {"vocabulary": "bytes", "context": m.context, "layers": m.layers, "heads": m.heads,
                 "head_dim": m.dim // m.heads}

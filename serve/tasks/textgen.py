@@ -19,11 +19,12 @@ import codecs
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from serve.bundle import BundleError
+from serve.kv_cache import CacheSpec, KVCache, pad, past_names, present_name  # noqa: F401 (loop.past_names ...)
 from serve.inputs import InputError
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded_stream, number_input
@@ -36,19 +37,6 @@ STREAM_EVERY = 0.03  # seconds between the streamed updates of the Text tab (the
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-class CacheSpec(NamedTuple):
-    """The graph's cache geometry and context (from the manifest's ``info``)."""
-
-    layers: int
-    heads: int
-    head_dim: int
-    context: int
-
-    @classmethod
-    def of(cls, info: Mapping[str, Any]) -> "CacheSpec":
-        return cls(int(info["layers"]), int(info["heads"]), int(info["head_dim"]), int(info["context"]))
-
-
 SERVED = "served"  # the tab's choice that runs each call on the benchmark's fastest variant for it
 
 
@@ -58,15 +46,6 @@ def call_axes(feeds: Mapping[str, np.ndarray]) -> dict[str, int | str]:
     past = feeds["past_key_values.0.key"].shape[2]
     return {"batch": int(feeds["input_ids"].shape[0]), "phase": "decode" if past else "prefill",
             "context": int(feeds["attention_mask"].shape[1])}
-
-
-def past_names(layers: int) -> list[str]:
-    """``past_key_values.{i}.key``, ``past_key_values.{i}.value`` per layer, in graph order."""
-    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-
-
-def present_name(past_name: str) -> str:
-    return past_name.replace("past_key_values.", "present.", 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,42 +129,34 @@ def encode(text: str | bytes) -> bytes:
 
 def left_pad(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Byte strings -> input_ids int64 (N, S) left-padded with 0, attention_mask int64 (N, S)."""
-    s = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), s), dtype=np.int64)
-    mask = np.zeros((len(rows), s), dtype=np.int64)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, s - len(r):] = np.frombuffer(r, dtype=np.uint8)
-            mask[i, s - len(r):] = 1
-    return ids, mask
+    return pad(rows, "left")
 
 
 class Decoder:
-    """One batch's state over the graph: the cache and its mask. ``prefill`` reads prompts (left-
-    padded), ``step`` feeds one byte per row; each returns the next-byte logits (N, V). With
-    ``use_cache=False`` every call re-reads the whole sequence with an empty cache (the reference
-    and the benchmark's "without cache" rows)."""
+    """One batch's state over the graph: the bytes of each row, the ids and attention mask of the last
+    call and the KV cache. ``prefill`` reads prompts (left-padded), ``step`` feeds one byte per row;
+    each returns the next-byte logits. With ``use_cache=False`` every call re-reads the whole sequence
+    with an empty cache (the reference and the benchmark's "without cache" rows). ``snapshot`` and
+    ``restore`` put the state back, so a benchmark can time the same step again."""
 
     def __init__(self, runner: Runner, spec: CacheSpec, use_cache: bool = True):
         self.runner, self.spec, self.use_cache = runner, spec, use_cache
-        self.names = past_names(spec.layers)
         self.rows: list[bytearray] = []
-
-    def _empty(self, n: int) -> dict[str, np.ndarray]:
-        z = np.zeros((n, self.spec.heads, 0, self.spec.head_dim), dtype=np.float32)
-        return {name: z for name in self.names}
+        self.ids, self.mask = pad([])  # (N, S) each, the last call's
+        self.cache = KVCache(spec, 0)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray]) -> np.ndarray:
         out = self.runner({"input_ids": ids, "attention_mask": mask, **past})
         if self.use_cache:
-            self.past = {name: out[present_name(name)] for name in self.names}
+            self.cache.update(out)
         return out["logits"]  # (N, S, V)
 
     def prefill(self, prompts: list[bytes]) -> np.ndarray:
         """Prompts (each non-empty, at most ``context`` bytes) -> logits (N, S, V) of every position."""
         self.rows = [bytearray(p) for p in prompts]
         self.ids, self.mask = left_pad(prompts)
-        return self._run(self.ids, self.mask, self._empty(len(prompts)))
+        self.cache.reset(len(prompts))
+        return self._run(self.ids, self.mask, self.cache.feeds())
 
     def step(self, token: np.ndarray) -> np.ndarray:
         """token (N,) int64 -> next-byte logits (N, V). A full context slides: the cache is rebuilt
@@ -195,11 +166,19 @@ class Decoder:
         if not self.use_cache:
             keep = self.spec.context
             self.ids, self.mask = left_pad([bytes(r[-keep:]) for r in self.rows])
-            return self._run(self.ids, self.mask, self._empty(len(self.rows)))[:, -1]
+            return self._run(self.ids, self.mask, self.spec.empty(len(self.rows)))[:, -1]
         if self.mask.shape[1] + 1 > self.spec.context:
             return self.prefill([bytes(r[-(self.spec.context * 3 // 4):]) for r in self.rows])[:, -1]
         self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-        return self._run(token[:, None].astype(np.int64), self.mask, self.past)[:, -1]
+        return self._run(token[:, None].astype(np.int64), self.mask, self.cache.feeds())[:, -1]
+
+    def snapshot(self) -> tuple:
+        return self.ids, self.mask, self.cache.snapshot(), [bytes(r) for r in self.rows]
+
+    def restore(self, state: tuple) -> None:
+        self.ids, self.mask, past, rows = state
+        self.cache.restore(past)
+        self.rows = [bytearray(r) for r in rows]
 
 
 @dataclass
@@ -344,7 +323,7 @@ def bits_per_byte(runner: Runner, data: bytes, spec: CacheSpec, batch: int = 8) 
     for i in range(0, len(plan), batch):
         group = plan[i:i + batch]
         ids = np.stack([arr[s:s + length] for s, _ in group])  # (B, L)
-        past = {k: np.zeros((len(group), spec.heads, 0, spec.head_dim), np.float32) for k in past_names(spec.layers)}
+        past = spec.empty(len(group))
         logits = runner({"input_ids": ids, "attention_mask": np.ones_like(ids), **past})["logits"].astype(np.float64)
         top = logits.max(-1, keepdims=True)
         logp = logits - (np.log(np.exp(logits - top).sum(-1, keepdims=True)) + top)  # (B, L, V)

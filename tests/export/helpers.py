@@ -16,7 +16,7 @@ def classify_setup(arch: str, in_chans: int = 1, image_size: int = 16, seed: int
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_chans=in_chans, num_classes=10,
                                                              image_size=image_size))
     torch.manual_seed(seed)
-    model = CLASSIFY.build_model(cfg).eval()
+    model = CLASSIFY.build_model(None, cfg).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.mul_(peak)

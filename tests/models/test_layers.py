@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models.layers import (ConvBNAct, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, ResidualBlock,
-                           TransformerBlock, activation, sinusoidal_embedding)
+                           TransformerBlock, activation, additive_mask, sinusoidal_embedding)
 
 
 def test_conv_bn_act_shape():
@@ -35,6 +35,50 @@ def test_attention_shape_and_causal_mask():
     y[:, -1] += 1.0
     torch.testing.assert_close(attn(y, mask)[:, :-1], full[:, :-1])
     assert not torch.allclose(attn(y)[:, :-1], attn(x)[:, :-1])
+
+
+def reference_attention(attn: MultiHeadAttention, x, source, allowed):
+    """Attention written out from the projection's weights: queries from x, keys/values from source."""
+    d, h = x.shape[-1], attn.num_heads
+    w, b = attn.qkv.weight, attn.qkv.bias
+    q, k, v = x @ w[:d].T + b[:d], source @ w[d:2 * d].T + b[d:2 * d], source @ w[2 * d:].T + b[2 * d:]
+    split = lambda z: z.view(z.shape[0], z.shape[1], h, d // h).transpose(1, 2)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-2, -1) / (d // h) ** 0.5
+    y = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ split(v)
+    return attn.proj(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], d))
+
+
+def test_cross_attention_reads_keys_and_values_from_the_source():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4).eval()
+    x, memory = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    padding = torch.tensor([[1] * 7, [1] * 4 + [0] * 3]).bool()[:, None, None, :]  # (N, 1, 1, S)
+    with torch.no_grad():
+        y = attn(x, padding, source=memory)
+        torch.testing.assert_close(y, reference_attention(attn, x, memory, padding))
+        # self-attention is cross-attention to itself
+        torch.testing.assert_close(attn(x), attn(x, source=x))
+        # the padded memory positions do not count
+        changed = memory.clone()
+        changed[1, 4:] += 5.0
+        torch.testing.assert_close(attn(x, padding, source=changed)[1], y[1])
+        # cross-attention over keys and values computed once (a cross cache) gives the same
+        k, v = attn.keys_values(memory)
+        torch.testing.assert_close(attn.attend_cached(attn.queries(x), k, v, additive_mask(padding)), y)
+
+
+def test_cached_self_attention_equals_attention_over_the_whole_sequence():
+    torch.manual_seed(1)
+    attn = MultiHeadAttention(16, 4, rotary=True).eval()
+    x = torch.randn(2, 6, 16)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    with torch.no_grad():
+        whole = attn(x, causal)
+        empty = torch.zeros(2, 4, 0, 4)
+        first, k, v = attn.forward_cached(x[:, :4], empty, empty, additive_mask(causal[:4, :4]), torch.arange(4))
+        rest, k, v = attn.forward_cached(x[:, 4:], k, v, additive_mask(causal[4:]), torch.arange(4, 6))
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=1e-5, rtol=1e-5)
+    assert k.shape == v.shape == (2, 4, 6, 4)
 
 
 def test_attention_rejects_bad_heads():

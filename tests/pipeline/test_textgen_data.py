@@ -94,7 +94,7 @@ def test_config_errors_are_one_line():
     task = get_task("textgen")
     cfg = resolve(task, "smoke", {"data": {"block": 100}})
     with pytest.raises(PipelineError, match="data.block 100 is longer than model.context 64"):
-        task.complete_config(cfg, None)
+        task.complete_config(None, cfg)
     with pytest.raises(PipelineError, match="top_p"):
         resolve(task, "smoke", {"inference": {"top_p": 2.0}})
     with pytest.raises(PipelineError, match="position"):

@@ -8,8 +8,10 @@ already in the KV cache), H heads, Dh head dim, D = H * Dh model dim, V vocabula
   (the cache holds the keys and values of the P previous tokens; P may be 0), cross-attention to
   the encoder memory (with the memory's padding mask), a feed-forward, and the output head.
 
-Masks are explicit boolean "may attend" tensors. ``is_causal=True`` is never used: with a KV cache
-the queries are the *last* T of P + T keys, which a top-left causal mask gets wrong.
+Attention is the book's one module, ``models.layers.MultiHeadAttention``: self-attention in the
+encoder, self-attention over a KV cache and cross-attention to the memory in the decoder. Masks are
+explicit ("may attend", boolean or additive). ``is_causal=True`` is never used: with a KV cache the
+queries are the *last* T of P + T keys, which a top-left causal mask gets wrong.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.layers import MultiHeadAttention, additive_mask
 
 
 @dataclass
@@ -52,36 +56,6 @@ class Embedding(nn.Module):
         return self.token(ids) + self.position(positions)[None]  # (N, T, D)
 
 
-class Attention(nn.Module):
-    """Multi-head attention of queries (N, T, D) over keys/values (N, H, K, Dh), with a boolean
-    "may attend" mask broadcastable to (N, H, T, K). Every query must see at least one key."""
-
-    def __init__(self, cfg: ReverserConfig):
-        super().__init__()
-        self.heads, self.head_dim = cfg.heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
-        self.out = nn.Linear(cfg.dim, cfg.dim)
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, D) -> (N, H, T, Dh)."""
-        n, t, _ = x.shape
-        return x.view(n, t, self.heads, self.head_dim).transpose(1, 2)
-
-    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, K, D) -> keys, values (N, H, K, Dh) each."""
-        k, v = self.kv(source).chunk(2, dim=-1)
-        return self.split(k), self.split(v)
-
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q = self.split(self.q(x))  # (N, H, T, Dh)
-        scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5  # (N, H, T, K)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        y = torch.softmax(scores, dim=-1) @ v  # (N, H, T, Dh)
-        n, _, t, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(n, t, -1))  # (N, T, D)
-
-
 class FeedForward(nn.Module):
     """(N, T, D) -> (N, T, D): Linear -> GELU -> Linear."""
 
@@ -98,13 +72,11 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, cfg: ReverserConfig):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(cfg.dim), Attention(cfg)
+        self.norm1, self.attn = nn.LayerNorm(cfg.dim), MultiHeadAttention(cfg.dim, cfg.heads)
         self.norm2, self.ffn = nn.LayerNorm(cfg.dim), FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        k, v = self.attn.keys_values(h)
-        x = x + self.attn(h, k, v, key_mask)
+        x = x + self.attn(self.norm1(x), key_mask)
         return x + self.ffn(self.norm2(x))
 
 
@@ -115,17 +87,15 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cfg: ReverserConfig):
         super().__init__()
-        self.norm1, self.self_attn = nn.LayerNorm(cfg.dim), Attention(cfg)
-        self.norm2, self.cross_attn = nn.LayerNorm(cfg.dim), Attention(cfg)
+        self.norm1, self.self_attn = nn.LayerNorm(cfg.dim), MultiHeadAttention(cfg.dim, cfg.heads)
+        self.norm2, self.cross_attn = nn.LayerNorm(cfg.dim), MultiHeadAttention(cfg.dim, cfg.heads)
         self.norm3, self.ffn = nn.LayerNorm(cfg.dim), FeedForward(cfg)
 
-    def forward(self, x, past_k, past_v, causal, memory, memory_mask):
-        h = self.norm1(x)
-        k, v = self.self_attn.keys_values(h)  # (N, H, T, Dh)
-        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (N, H, P + T, Dh)
-        x = x + self.self_attn(h, k, v, causal)
-        mk, mv = self.cross_attn.keys_values(memory)  # (N, H, S, Dh); recomputed per step (small S)
-        x = x + self.cross_attn(self.norm2(x), mk, mv, memory_mask)
+    def forward(self, x, past_k, past_v, causal_bias, memory, memory_mask):
+        y, k, v = self.self_attn.forward_cached(self.norm1(x), past_k, past_v, causal_bias)  # k, v (N, H, P + T, Dh)
+        x = x + y
+        # cross-attention: the memory's keys and values recomputed per step (small S)
+        x = x + self.cross_attn(self.norm2(x), memory_mask, source=memory)
         return x + self.ffn(self.norm3(x)), k, v
 
 
@@ -162,7 +132,7 @@ class Decoder(nn.Module):
         p, t = past[0][0].shape[2], ids.shape[1]
         positions = p + torch.arange(t, device=ids.device)  # (T,): P .. P+T-1
         keys = torch.arange(p + t, device=ids.device)  # (P+T,)
-        causal = keys[None, :] <= positions[:, None]  # (T, P+T): query i sees keys up to P+i
+        causal = additive_mask(keys[None, :] <= positions[:, None])  # (T, P+T): query i sees keys up to P+i
         cross = memory_mask.bool()[:, None, None, :]  # (N, 1, 1, S)
         x = self.embed(ids, positions)
         present = []

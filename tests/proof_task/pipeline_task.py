@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import models
+from export.cache_graph import CacheStepGraph
+from pipeline.tasks.cache import cache_tensors
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
 from export.verify import TorchRunner
 from pipeline.errors import PipelineError
@@ -147,11 +149,7 @@ def contracts(mcfg: ReverserConfig) -> dict[str, ExportContract]:
                 TensorSpec("tokens_mask", "int64", ("batch", "src_len"), "1 for a letter, 0 for padding")),
         outputs=(TensorSpec("memory", "float32", ("batch", "src_len", mcfg.dim), "encoder states"),),
         dims={"batch": batch, "src_len": src}, parity=parity)
-    h, dh = mcfg.heads, mcfg.head_dim
-    past = tuple(TensorSpec(name, "float32", ("batch", h, "past", dh), "cached keys/values of the previous tokens")
-                 for name in serve_task.past_names(mcfg.layers))
-    present = tuple(TensorSpec(serve_task.present_name(s.name), "float32", ("batch", h, "past+seq", dh),
-                               "the cache with this call's tokens appended") for s in past)
+    past, present = cache_tensors(cache_spec(mcfg))
     decoder = ExportContract(
         inputs=(TensorSpec("input_ids", "int64", ("batch", "seq"), "BOS, then the previous step's token"),
                 TensorSpec("memory", "float32", ("batch", "src_len", mcfg.dim), "the encoder's output"),
@@ -177,26 +175,16 @@ class EncoderGraph(nn.Module):
         return self.model.encode(tokens, tokens_mask)
 
 
-class DecoderStepGraph(nn.Module):
+def decoder_step_graph(model: Reverser) -> CacheStepGraph:
     """The decoder step: input_ids, memory, memory_mask, past_key_values.{i}.key/value per layer,
-    temperature (the contract's order) -> logits and present.{i}.key/value (a flat tuple, in order).
-    ``*inputs``: how many there are depends on the layer count."""
-
-    def __init__(self, model: Reverser):
-        super().__init__()
-        self.model, self.layers = model, model.cfg.layers
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        input_ids, memory, memory_mask, *rest = inputs
-        past = [(rest[2 * i], rest[2 * i + 1]) for i in range(self.layers)]  # (N, H, P, Dh) each
-        logits, present = self.model.step(input_ids, memory, memory_mask, past, rest[-1])
-        return (logits, *(t for kv in present for t in kv))
+    temperature (the contract's order) -> logits and present.{i}.key/value."""
+    return CacheStepGraph(model, "step", model.cfg.layers, leading=3)
 
 
 def torch_runners(model: Reverser, device: str = "cpu") -> dict[str, TorchRunner]:
     c = contracts(model.cfg)
     return {"encoder": TorchRunner(EncoderGraph(model), c["encoder"], device),
-            "decoder": TorchRunner(DecoderStepGraph(model), c["decoder"], device)}
+            "decoder": TorchRunner(decoder_step_graph(model), c["decoder"], device)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +270,7 @@ print(greedy_decode(runners, ["hello"], 10, cache={"layers": 2, "heads": 4, "hea
     def describe_data(self, data: ReverseData) -> str:
         return f"{data.source} [{len(data.train)} train / {len(data.val)} val / {len(data.test)} test]"
 
-    def complete_config(self, cfg: RunConfig, data: ReverseData) -> RunConfig:
+    def complete_config(self, data: ReverseData, cfg: RunConfig) -> RunConfig:
         cfg = with_model_fields(cfg, vocab_size=len(VOCAB))
         need = max(data.max_length + 1, cfg.inference.max_new_tokens, *cfg.benchmark.lengths)
         if cfg.model.max_len < need:
@@ -294,7 +282,7 @@ print(greedy_decode(runners, ["hello"], 10, cache={"layers": 2, "heads": 4, "hea
                                 "string, plus EOS")
         return cfg
 
-    def build_model(self, cfg: RunConfig, data: ReverseData | None = None) -> Reverser:
+    def build_model(self, data: ReverseData | None, cfg: RunConfig) -> Reverser:
         return models.create_model(cfg.model_name, cfg.model)
 
     def dataset(self, data: ReverseData, split: str, cfg: RunConfig) -> ReverseDataset:
@@ -303,13 +291,12 @@ print(greedy_decode(runners, ["hello"], 10, cache={"layers": 2, "heads": 4, "hea
     def make_training_step(self, cfg: RunConfig):
         return training_step
 
-    def evaluate(self, model: Reverser, data_set: ReverseDataset, device: torch.device) -> dict[str, float]:
-        # evaluate() is not given the run config: decode up to every position the model has
-        return evaluate(model, data_set, device, max_new_tokens=model.cfg.max_len)
+    def evaluate(self, model: Reverser, data_set: ReverseDataset, device: torch.device, cfg: RunConfig) -> dict[str, float]:
+        return evaluate(model, data_set, device, max_new_tokens=cfg.inference.max_new_tokens)
 
     # -- export, verification, benchmark ----------------------------------------------------------
 
-    def graphs(self, model: Reverser, cfg: RunConfig, data: ReverseData) -> dict[str, Graph]:
+    def graphs(self, model: Reverser, data: ReverseData, cfg: RunConfig) -> dict[str, Graph]:
         mcfg = cfg.model
         c = contracts(mcfg)
         metadata = {"task": self.name, "architecture": cfg.model_name, "vocabulary": ",".join(VOCAB),
@@ -325,7 +312,7 @@ print(greedy_decode(runners, ["hello"], 10, cache={"layers": 2, "heads": 4, "hea
                        **past, "temperature": torch.tensor(1.0)}
         return {"encoder": Graph(EncoderGraph(model), c["encoder"], {"tokens": tokens, "tokens_mask": mask},
                                  {**metadata, "graph": "encoder"}),
-                "decoder": Graph(DecoderStepGraph(model), c["decoder"], dec_example,
+                "decoder": Graph(decoder_step_graph(model), c["decoder"], dec_example,
                                  {**metadata, "graph": "decoder step"})}
 
     def eval_sets(self, data: ReverseData, cfg: RunConfig) -> list[EvalSet]:
@@ -361,7 +348,7 @@ print(greedy_decode(runners, ["hello"], 10, cache={"layers": 2, "heads": 4, "hea
     def examples(self, data: ReverseData, cfg: RunConfig) -> list[tuple[str, bytes]]:
         return [("examples.txt", ("\n".join(data.test[:16]) + "\n").encode())]
 
-    def info(self, cfg: RunConfig, data: ReverseData) -> dict:
+    def info(self, data: ReverseData, cfg: RunConfig) -> dict:
         m = cfg.model
         return {"vocabulary": list(VOCAB), "max_length": data.max_length,
                 "cache": {"layers": m.layers, "heads": m.heads, "head_dim": m.head_dim}}

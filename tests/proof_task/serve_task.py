@@ -16,11 +16,12 @@ Graphs (shapes: N batch, S source length, T new tokens, P past length, H heads, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import numpy as np
 
 from serve.bundle import BundleError
+from serve.kv_cache import CacheSpec, KVCache, pad, past_names, present_name  # noqa: F401 (the task's names)
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, guarded
 
@@ -28,24 +29,6 @@ PAD, BOS, EOS = 0, 1, 2
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", *LETTERS)
 _ID = {c: i for i, c in enumerate(VOCAB) if len(c) == 1}
-
-
-class CacheSpec(NamedTuple):
-    """What an empty KV cache looks like: one key and one value (N, heads, 0, head_dim) per layer."""
-
-    layers: int
-    heads: int
-    head_dim: int
-
-
-def past_names(layers: int) -> list[str]:
-    """``past_key_values.{i}.key``, ``past_key_values.{i}.value`` per layer, in graph order."""
-    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-
-
-def present_name(past_name: str) -> str:
-    """The decoder output that feeds ``past_name`` at the next step."""
-    return past_name.replace("past_key_values.", "present.", 1)
 
 
 def encode(text: str) -> list[int]:
@@ -71,14 +54,8 @@ def decode_ids(ids: Any) -> str:
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Variable-length id lists -> ids int64 (N, S) padded with PAD, and the mask int64 (N, S)."""
-    n, s = len(seqs), max(len(x) for x in seqs)
-    ids = np.full((n, s), PAD, dtype=np.int64)
-    mask = np.zeros((n, s), dtype=np.int64)
-    for row, x in enumerate(seqs):
-        ids[row, : len(x)] = x
-        mask[row, : len(x)] = 1
-    return ids, mask
+    """Variable-length id lists -> ids int64 (N, S) right-padded with PAD, and the mask int64 (N, S)."""
+    return pad(seqs, "right", PAD)
 
 
 @dataclass
@@ -103,16 +80,14 @@ def decode(runners: Mapping[str, Any], texts: list[str], max_new_tokens: int, te
     ids, mask = pad_batch([encode(t) for t in texts])
     n = len(texts)
     memory = runners["encoder"]({"tokens": ids, "tokens_mask": mask})["memory"]  # (N, S, D)
-    names = past_names(spec.layers)
-    empty = np.zeros((n, spec.heads, 0, spec.head_dim), dtype=np.float32)
-    past = {name: empty for name in names}
+    kv = KVCache(spec, n)
     token = np.full((n, 1), BOS, dtype=np.int64)  # (N, 1)
     temp = np.asarray(temperature, dtype=np.float32)  # a scalar: shape ()
     out = np.full((n, max_new_tokens), PAD, dtype=np.int64)
     done = np.zeros(n, dtype=bool)
     steps = []
     for step in range(max_new_tokens):
-        result = runners["decoder"]({"input_ids": token, "memory": memory, "memory_mask": mask, **past,
+        result = runners["decoder"]({"input_ids": token, "memory": memory, "memory_mask": mask, **kv.feeds(),
                                      "temperature": temp})
         logits = result["logits"][:, -1]  # (N, V)
         steps.append(logits)
@@ -121,7 +96,7 @@ def decode(runners: Mapping[str, Any], texts: list[str], max_new_tokens: int, te
         done |= nxt == EOS
         if done.all():
             break
-        past = {name: result[present_name(name)] for name in names}  # (N, H, P + 1, Dh)
+        kv.update(result)  # (N, H, P + 1, Dh)
         token = nxt[:, None]
     return Decoded([decode_ids(row) for row in out], np.stack(steps, axis=1))
 

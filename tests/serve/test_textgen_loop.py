@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from export.verify import TorchRunner
 from models.gpt import GPT, GPTConfig
-from pipeline.tasks.textgen import CachedGPT, cache_spec, contract
+from pipeline.tasks.textgen import cache_spec, cached_gpt, contract
 from serve.inputs import InputError
 from serve.tasks import textgen as loop
 from serve.tasks.textgen import Sampling
@@ -21,7 +21,7 @@ CFG = GPTConfig(context=32, dim=32, heads=2, layers=2)
 @pytest.fixture(scope="module")
 def runner():
     torch.manual_seed(0)
-    return TorchRunner(CachedGPT(GPT(CFG)), contract(CFG))
+    return TorchRunner(cached_gpt(GPT(CFG)), contract(CFG))
 
 
 SPEC = cache_spec(CFG)
@@ -197,3 +197,32 @@ def test_exact_big_seeds_and_a_lone_surrogate():
     assert loop.sampling_from(0.8, 0, 1.0, 5, "-1").seed is None
     with pytest.raises(InputError, match="not valid Unicode"):
         loop.prepare(["ab\ud800cd"], 32)
+
+
+class EchoRunner:
+    """A fake graph whose next-byte logits peak at (last byte + cache length) % 256, and whose cache holds
+    the positions it has read: a step's answer depends on the whole state."""
+
+    def __call__(self, feeds):
+        n, s = feeds["input_ids"].shape
+        p = feeds["past_key_values.0.key"].shape[2]
+        logits = np.zeros((n, s, 256), np.float32)
+        logits[np.arange(n), -1, (feeds["input_ids"][:, -1] + p) % 256] = 10
+        present = {loop.present_name(k): np.concatenate([feeds[k], np.full((n, 1, s, 4), p, np.float32)], 2)
+                   for k in loop.past_names(1)}
+        return {"logits": logits, **present}
+
+
+def test_decoder_state_is_whole_from_the_start_and_restores():
+    decoder = loop.Decoder(EchoRunner(), SCRIPT_SPEC)
+    assert decoder.rows == [] and decoder.ids.shape == decoder.mask.shape == (0, 0) and decoder.cache.length == 0
+    first = decoder.prefill([b"ab", b"xyz"]).argmax(-1)[:, -1]
+    assert decoder.cache.length == 3 and decoder.mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    saved = decoder.snapshot()
+    one = decoder.step(first)
+    two = decoder.step(one.argmax(-1))
+    assert decoder.cache.length == 5 and bytes(decoder.rows[0]) == b"ab" + bytes([first[0], one.argmax(-1)[0]])
+    decoder.restore(saved)  # the benchmark times the same step again from here
+    assert decoder.cache.length == 3 and [bytes(r) for r in decoder.rows] == [b"ab", b"xyz"]
+    np.testing.assert_array_equal(decoder.step(first), one)
+    np.testing.assert_array_equal(decoder.step(one.argmax(-1)), two)
