@@ -4,6 +4,8 @@ computation and scored on the held-out sets; it records the fastest accepted var
 manifest's ``serving``. Writes benchmark.json, .md and .png into the bundle."""
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,9 @@ from pipeline.fileio import write_json, write_text
 from pipeline.run import Run, as_run, require_exported
 from pipeline.tasks.base import RunConfig, Task
 from serve.bundle import BundleError, cpu_info, cpu_line, first_line, graph_files, metric_columns
+from serve.bundle import shown as shown_value
 from serve.openvino_runtime import openvino_missing
-from serve.runtime import Bundle
+from serve.runtime import Bundle, ServingChoice
 
 BENCHMARK_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 
@@ -96,7 +99,7 @@ def benchmark(run: Run | str | Path) -> list[dict]:
             "threads": bcfg.threads or torch_threads,
             "seconds_per_cell": bcfg.seconds, "metric": metric, "unit": task.bench_unit, "axes": axes, "rows": rows,
             "skipped": skipped}
-    m["serving"] = _fastest(rows, axes, served)
+    m["serving"] = judge_serving(run, bundle, _fastest(rows, axes, served), _fastest_single(rows, axes, served), cpu)
     write_json(run.dir / "benchmark.json", info)
     write_text(run.dir / "benchmark.md", f"CPU: {cpu_line(cpu)}; {info['threads']} threads\n\n"
                + benchmark_table(rows, axes, columns, task.bench_unit, m.get("baselines")))
@@ -139,17 +142,57 @@ def _time_cases(task: Task, cfg: RunConfig, cases: list,
 BACKEND_NAMES = {"tensorrt": "TensorRT", "openvino": "OpenVINO fp32", "openvino-int8": "OpenVINO INT8"}  # benchmark rows of served variants
 
 
-def _fastest(rows: list[dict], axes: list[str], served: dict[str, str]) -> dict[str, str]:
-    """Per benchmarked case ("batch 1": "int8"; text: "batch 1, phase prefill, context 512": ...), the
-    accepted variant serving can run (ONNX Runtime, OpenVINO, TensorRT: not torch) with the lowest
-    median latency. Serving runs each call on the case nearest it (``Bundle.serving_variant``): a text
-    prompt and the decode steps after it may run on different backends."""
-    cases: dict[str, dict[str, float]] = {}  # case -> variant -> median ms
+def _fastest(rows: list[dict], axes: list[str], served: dict[str, str]) -> list[dict[str, Any]]:
+    """Per benchmarked case, the accepted variant serving can run (ONNX Runtime, OpenVINO, TensorRT: not
+    torch) with the lowest median latency: [{"axes": {"batch": 1, "phase": "prefill", "context": 512},
+    "variant": "int8"}, ...]. Serving runs each call on the case nearest it (``serve.runtime.ServingChoice``):
+    a text prompt and the decode steps after it may run on different backends."""
+    cases: dict[tuple, dict[str, float]] = {}  # case axes -> variant -> median ms
     for r in rows:
         if r["backend"] in served:
-            label = ", ".join(f"{a} {r[a]}" for a in axes if a in r)
-            cases.setdefault(label, {})[served[r["backend"]]] = r["median_ms"]
-    return {label: min(times, key=lambda v: (times[v], v)) for label, times in cases.items()}
+            key = tuple((a, r[a]) for a in axes if a in r)
+            cases.setdefault(key, {})[served[r["backend"]]] = r["median_ms"]
+    return [{"axes": dict(key), "variant": min(times, key=lambda v: (times[v], v))} for key, times in cases.items()]
+
+
+def _fastest_single(rows: list[dict], axes: list[str], served: dict[str, str]) -> str:
+    """The accepted variant serving can run that is fastest over every case at once (the geometric mean
+    of its median latencies, over the variants timed in every case): what serving falls back to."""
+    times: dict[str, list[float]] = {}
+    for r in rows:
+        if r["backend"] in served:
+            times.setdefault(served[r["backend"]], []).append(r["median_ms"])
+    most = max((len(t) for t in times.values()), default=0)
+    scored = {v: math.exp(sum(map(math.log, t)) / len(t)) for v, t in times.items() if len(t) == most}
+    return min(scored, key=lambda v: (scored[v], v)) if scored else "fp32"
+
+
+def judge_serving(run: Run, bundle: Bundle, cases: list[dict[str, Any]], fallback: str,
+                  cpu: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's ``serving`` (``serve.bundle.Serving``): the per-call choice ``cases``, judged as a
+    whole like a variant. When every case names one variant, the choice is that variant, whose metrics
+    are already judged; a mix is scored on the held-out sets through the runtime's own choice
+    (``ServingChoice``) and, when it loses more than the tolerance, rejected: serving then runs
+    ``fallback`` (the fastest accepted single variant) on every call."""
+    columns = metric_columns(run.manifest)
+    chosen = sorted({c["variant"] for c in cases})
+    serving: dict[str, Any] = {"cases": cases, "fallback": fallback, "status": "accepted", "reason": None}
+    if cpu is not None:
+        serving["cpu"] = cpu
+    if len(chosen) <= 1:
+        entry = run.manifest["variants"].get(chosen[0] if chosen else fallback, {})
+        serving["metrics"] = {key: entry.get(key) for _, key in columns}
+        return serving
+    choice = ServingChoice([(c["axes"], c["variant"]) for c in cases], fallback, bundle.variants())
+    runners = {g: bundle.served(g, functools.partial(run.task.call_axes, g), choice) for g in run.graphs}
+    scores, _ = run.score(runners)
+    status, reason = run.judge(scores)
+    serving.update(status=status, reason=reason, metrics={key: scores.get(key) for _, key in columns})
+    used = {v: sum(r.used.get(v, 0) for r in runners.values()) for v in chosen}
+    shown = ", ".join(f"{k} {shown_value(v)}" for k, v in serving["metrics"].items())
+    print(f"served per call ({', '.join(f'{v} {n} calls' for v, n in used.items())}): {shown}: {status}"
+          + (f" ({reason}); serving falls back to {fallback}" if reason else ""), flush=True)
+    return serving
 
 
 def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:

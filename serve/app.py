@@ -79,11 +79,14 @@ def _measured(key: str, value) -> str:
 
 
 def _serving(bundle: Bundle) -> str:
-    usable = bundle.variants()
-    recorded = [f"{case}: {variant}" + ("" if variant in usable else " (not usable here)")
-                for case, variant in bundle.manifest.get("serving", {}).items()]
+    usable, serving = bundle.variants(), bundle.serving
+    recorded = [", ".join(f"{k} {v}" for k, v in case.axes.items()) + f": {case.variant}"
+                + ("" if case.variant in usable else " (not usable here)") for case in serving.cases]
     if not recorded:
         return f"{bundle.default_variant} (no benchmark yet)"
+    if serving.status == "rejected":
+        return (f"every call on {bundle.default_variant}, the fastest accepted single variant: the fastest per call "
+                f"({'; '.join(recorded)}) was rejected on the held-out sets ({serving.reason})")
     return "; ".join(recorded) + (f". Each call runs the choice of the nearest case usable here (a single "
                                   f"input: {bundle.default_variant})")
 

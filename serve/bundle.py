@@ -203,6 +203,40 @@ class MetricEntry(_Model):
     also_on: list[str] = []  # other held-out sets the metric is reported and judged on (entries' keys)
 
 
+class ServingCase(_Model):
+    """One benchmarked case and the variant that was fastest there: axes as numbers and names
+    ({"batch": 1, "phase": "prefill", "context": 512}; a size may be fractional: 2.5 seconds)."""
+
+    axes: dict[str, Union[int, float, str]] = Field(min_length=1)
+    variant: Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+
+
+class Serving(_Model):
+    """What serving runs (the manifest's ``serving``, written by the benchmark on the CPU in ``cpu``):
+    each call on the variant of the nearest benchmarked case. That per-call mix is scored on the
+    held-out sets like a variant (``metrics``); when it loses more than the task's tolerance it is
+    ``rejected`` and every call runs ``fallback``, the fastest accepted single variant."""
+
+    cases: list[ServingCase] = []
+    fallback: Literal[tuple(VARIANTS)] = "fp32"  # type: ignore[valid-type]
+    status: Literal["accepted", "rejected"] = "accepted"
+    reason: Union[str, None] = None
+
+
+def serving_of(manifest: dict[str, Any]) -> Serving:
+    """The manifest's ``serving``, typed. Bundles benchmarked before the choice was typed hold
+    {"batch 1, phase prefill, context 512": "int8"}: read as cases, with fp32 to fall back on."""
+    raw = manifest.get("serving") or {}
+    if "cases" not in raw and all(isinstance(v, str) for v in raw.values()):
+        cases = []
+        for label, variant in raw.items():
+            pairs = [part.strip().partition(" ") for part in label.split(",")]
+            if variant in VARIANTS and pairs and all(name and value for name, _, value in pairs):
+                cases.append(ServingCase(axes={n: int(v) if v.isdigit() else v for n, _, v in pairs}, variant=variant))
+        return Serving(cases=cases)
+    return Serving.model_validate(raw)
+
+
 class Manifest(_Model):
     schema_version: Literal[SCHEMA_VERSION]  # type: ignore[valid-type]
     task: str = Field(min_length=1)
@@ -217,8 +251,8 @@ class Manifest(_Model):
     examples: list[FileName] = []
     baselines: dict[str, dict[str, float]] = {}  # the metric of reference points people know (xz, ...)
     samples: list[dict[str, str]] = []  # what the exported model produced on held-out inputs
-    # the benchmark's fastest accepted variant per case ("batch 1": "openvino"), on the machine it ran on
-    serving: dict[str, str] = {}
+    # what serving runs per call (:class:`Serving`); {"batch 1": "openvino"} in bundles benchmarked before it was typed
+    serving: Union[Serving, dict[str, str]] = {}
     files: dict[FileName, FileEntry]
 
     @model_validator(mode="after")

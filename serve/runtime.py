@@ -18,13 +18,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
-from serve.bundle import (BundleError, check_graphs, first_line, graph_files, read_manifest, sha256,
-                          sha256_bytes, variant_runtime, variant_title)
+from serve.bundle import (BundleError, Serving, check_graphs, first_line, graph_files, read_manifest, serving_of,
+                          sha256, sha256_bytes, variant_runtime, variant_title)
 from serve.engine import EngineSession, tensorrt_missing
 from serve.openvino_runtime import OpenVinoSession, openvino_missing
 
@@ -180,7 +180,7 @@ class Bundle:
     _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _table: tuple | None = field(default=None, repr=False)  # _serving_table()
+    _table: tuple | None = field(default=None, repr=False)  # _serving_choice()
 
     @classmethod
     def open(cls, path: str | Path, threads: int = 0, spin: bool = False) -> "Bundle":
@@ -241,57 +241,34 @@ class Bundle:
             out.append(name)
         return out
 
-    def serving_cases(self) -> list[tuple[dict[str, int | str], str]]:
-        """The manifest's ``serving`` as (case axes, variant): ``"batch 1, phase prefill, context 128"``
-        -> ({"batch": 1, "phase": "prefill", "context": 128}, variant). Keys that do not parse are ignored."""
-        cases = []
-        for key, variant in self.manifest.get("serving", {}).items():
-            pairs = [part.strip().partition(" ") for part in key.split(",")]
-            if pairs and all(name and value for name, _, value in pairs):
-                cases.append(({name: int(value) if value.isdigit() else value for name, _, value in pairs}, variant))
-        return cases
+    @property
+    def serving(self) -> Serving:
+        """The manifest's ``serving``, typed (the cases, the fallback, whether the mix was accepted)."""
+        return serving_of(self.manifest)
 
-    def serving_variant(self, batch: int = 1, **call: int | str) -> str:
-        """What runs a call unless the caller names a variant: the benchmark's fastest accepted variant
-        (manifest ``serving``, on the machine that made the bundle) in the benchmarked case nearest the
-        call, when it is usable here; else fp32. A call is its batch size and whatever else the task's
-        cases vary (text: ``phase="decode", context=300``): cases that name another phase are not
-        candidates, sizes count by their distance on a log scale, and axes the call does not give are
-        ignored; among equally near cases the variant most of them name wins. Answers are remembered
-        (a decode step costs well under a millisecond: the choice must cost microseconds)."""
-        cases, fallback, memo = self._serving_table()
-        key = (batch, *sorted(call.items()))
-        if (known := memo.get(key)) is not None:
-            return known
-        given = _log_sizes({"batch": batch, **call})
-        near: list[tuple[float, str]] = []
-        for axes, variant in cases:
-            if any(k in axes and isinstance(v, str) and axes[k] != v for k, v in given.items()):
-                continue
-            distance = sum(abs(axes[k] - v) for k, v in given.items()
-                           if isinstance(v, float) and isinstance(axes.get(k), float))
-            near.append((round(distance, 9), variant))
-        if near:
-            closest = [v for d, v in near if d == min(near)[0]]
-            fallback = max(sorted(set(closest)), key=closest.count)
-        if len(memo) < 1 << 16:
-            memo[key] = fallback
-        return fallback
+    def serving_variant(self, batch: int = 1, **call: int | float | str) -> str:
+        """What runs a call unless the caller names a variant: :class:`ServingChoice` over the manifest's
+        ``serving`` (made on the machine that benchmarked the bundle), restricted to the variants usable
+        here. When the benchmark's per-call mix was rejected on the held-out sets, every call runs its
+        fallback, the fastest accepted single variant."""
+        return self._serving_choice()(batch, **call)
 
-    def _serving_table(self) -> tuple[list[tuple[dict[str, float | str], str]], str, dict]:
-        """serving_cases() usable here, sizes as logs; the fallback; the memo of answers. Rebuilt when a
-        variant turns out unusable or a file damaged (both only grow)."""
+    def _serving_choice(self) -> "ServingChoice":
+        """Rebuilt when a variant turns out unusable or a file damaged (both only grow)."""
         state = (len(self.unusable), len(self.bad_files))
         if self._table is None or self._table[0] != state:
-            available = self.variants()
-            cases = [(_log_sizes(axes), variant) for axes, variant in self.serving_cases() if variant in available]
-            self._table = (state, cases, available[0] if available else "fp32", {})
-        return self._table[1:]
+            available, serving = self.variants(), self.serving
+            fallback = serving.fallback if serving.fallback in available else (available[0] if available else "fp32")
+            cases = [] if serving.status == "rejected" else [(c.axes, c.variant) for c in serving.cases]
+            self._table = (state, ServingChoice(cases, fallback, available))
+        return self._table[1]
 
-    def served(self, graph: str, axes: "Callable[[Feeds], dict[str, int | str]] | None" = None) -> "ServedRunner":
-        """A runner of ``graph`` that runs each call on :meth:`serving_variant` for that call: the
-        call's batch size, and what ``axes(feeds)`` says of it (text: phase and context)."""
-        return ServedRunner(self, graph, axes or (lambda feeds: {"batch": self.batch_of(feeds, graph)}))
+    def served(self, graph: str, axes: "Callable[[Feeds], dict[str, int | str]] | None" = None,
+               choice: "ServingChoice | None" = None) -> "ServedRunner":
+        """A runner of ``graph`` that runs each call on the serving choice for that call (the bundle's,
+        or ``choice``): the call's batch size, and what ``axes(feeds)`` says of it (text: phase and context)."""
+        return ServedRunner(self, graph, axes or (lambda feeds: {"batch": self.batch_of(feeds, graph)}),
+                            choice or self.serving_variant)
 
     @property
     def default_variant(self) -> str:
@@ -392,20 +369,58 @@ class Bundle:
         return f"{variant_title(variant)}, {', '.join(sorted(providers))}"
 
 
-def _log_sizes(axes: dict[str, int | str]) -> dict[str, float | str]:
+def _log_sizes(axes: Mapping[str, int | float | str]) -> dict[str, float | str]:
     """A case's or a call's axes with sizes as logarithms (serving compares sizes on a log scale)."""
-    return {k: math.log(max(v, 1)) if isinstance(v, int) else v for k, v in axes.items()}
+    return {k: v if isinstance(v, str) else math.log(max(float(v), 1e-9)) for k, v in axes.items()}
+
+
+class ServingChoice:
+    """The one function that picks a call's variant: the variant of the benchmarked case nearest the call.
+
+    A call is its batch size and whatever else the task's cases vary (text: ``phase="decode",
+    context=300``). Cases that name another value of a named axis (another phase) are not candidates;
+    sizes count by their distance on a log scale; axes the call does not give are ignored; among
+    equally near cases the variant most of them name wins; cases whose variant is not ``usable`` are
+    skipped, and with none left the call runs ``fallback``. Answers are remembered (a decode step costs
+    well under a millisecond: the choice must cost microseconds)."""
+
+    def __init__(self, cases: list[tuple[Mapping[str, int | float | str], str]], fallback: str,
+                 usable: list[str] | None = None):
+        self.cases = [(_log_sizes(axes), v) for axes, v in cases if usable is None or v in usable]
+        self.fallback = fallback
+        self.memo: dict[tuple, str] = {}
+
+    def __call__(self, batch: int = 1, **call: int | float | str) -> str:
+        key = (batch, *sorted(call.items()))
+        if (known := self.memo.get(key)) is not None:
+            return known
+        given = _log_sizes({"batch": batch, **call})
+        near: list[tuple[float, str]] = []
+        for axes, variant in self.cases:
+            if any(k in axes and isinstance(v, str) and axes[k] != v for k, v in given.items()):
+                continue
+            distance = sum(abs(axes[k] - v) for k, v in given.items()
+                           if isinstance(v, float) and isinstance(axes.get(k), float))
+            near.append((round(distance, 9), variant))
+        answer = self.fallback
+        if near:
+            closest = [v for d, v in near if d == min(near)[0]]
+            answer = max(sorted(set(closest)), key=closest.count)
+        if len(self.memo) < 1 << 16:
+            self.memo[key] = answer
+        return answer
 
 
 class ServedRunner:
     """Runs each call of one graph on the variant serving picks for it (:meth:`Bundle.served`);
     ``used`` counts the calls per variant, for status lines."""
 
-    def __init__(self, bundle: Bundle, graph: str, axes: Callable[[Feeds], dict[str, int | str]]):
-        self.bundle, self.graph, self.axes = bundle, graph, axes
+    def __init__(self, bundle: Bundle, graph: str, axes: Callable[[Feeds], dict[str, int | str]],
+                 choice: Callable[..., str]):
+        self.bundle, self.graph, self.axes, self.choice = bundle, graph, axes, choice
         self.used: dict[str, int] = {}
 
     def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        variant = self.bundle.serving_variant(**self.axes(feeds))
+        variant = self.choice(**self.axes(feeds))
         self.used[variant] = self.used.get(variant, 0) + 1
         return self.bundle.session(self.graph, variant)(feeds)

@@ -32,30 +32,40 @@ def smoke_run(task: str, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_bundle(tmp_path_factory) -> Path:
-    """One classify smoke bundle, shared by the tests that only read it."""
-    return smoke_run("classify", tmp_path_factory)
+def smoke_bundles(tmp_path_factory):
+    """``smoke_bundles(task)``: the task's smoke bundle, built once per session (in a fresh process) and
+    shared by every test that only reads it."""
+    built: dict[str, Path] = {}
+
+    def get(task: str) -> Path:
+        if task not in built:
+            built[task] = smoke_run(task, tmp_path_factory)
+        return built[task]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def textgen_bundle(tmp_path_factory) -> Path:
-    """One textgen smoke bundle, shared by the tests that only read it."""
-    return smoke_run("textgen", tmp_path_factory)
+def smoke_bundle(smoke_bundles) -> Path:
+    return smoke_bundles("classify")
 
 
 @pytest.fixture(scope="session")
-def detect_bundle(tmp_path_factory) -> Path:
-    """One detect smoke bundle, shared by the tests that only read it."""
-    return smoke_run("detect", tmp_path_factory)
+def textgen_bundle(smoke_bundles) -> Path:
+    return smoke_bundles("textgen")
 
 
 @pytest.fixture(scope="session")
-def segment_bundle(tmp_path_factory) -> Path:
-    """One segment smoke bundle, shared by the tests that only read it."""
-    return smoke_run("segment", tmp_path_factory)
+def detect_bundle(smoke_bundles) -> Path:
+    return smoke_bundles("detect")
 
 
-BUNDLE_FIXTURES = {"smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",
+@pytest.fixture(scope="session")
+def segment_bundle(smoke_bundles) -> Path:
+    return smoke_bundles("segment")
+
+
+BUNDLE_FIXTURES = {"smoke_bundles", "smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",
                    "text_app", "text_client", "detect_bundle", "segment_bundle", "scene_app", "scene_client"}
 
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.benchmark import _fastest
+from pipeline.benchmark import _fastest, _fastest_single
 from serve.openvino_runtime import openvino_missing
 from serve.runtime import Bundle
 
@@ -22,7 +22,18 @@ def test_fastest_accepted_variant_per_case_is_a_served_one():
             {"backend": "ORT fp32", "batch": 32, "median_ms": 9.0},
             {"backend": "ORT int8", "batch": 32, "median_ms": 5.0}]
     served = {"ORT fp32": "fp32", "OpenVINO fp32": "openvino", "ORT int8": "int8"}
-    assert _fastest(rows, ["batch"], served) == {"batch 1": "openvino", "batch 32": "int8"}
+    assert _fastest(rows, ["batch"], served) == [{"axes": {"batch": 1}, "variant": "openvino"},
+                                                 {"axes": {"batch": 32}, "variant": "int8"}]
+    # the fallback: the fastest over every case at once, among the variants timed in every case
+    assert _fastest_single(rows, ["batch"], served) == "fp32"  # int8 and OpenVINO ran one case each
+    rows.append({"backend": "ORT int8", "batch": 1, "median_ms": 2.2})
+    assert _fastest_single(rows, ["batch"], served) == "int8"  # sqrt(2.2 * 5) < sqrt(2 * 9)
+
+
+def serving(*cases: tuple[dict, str], fallback: str = "fp32", status: str = "accepted", reason=None) -> dict:
+    """A manifest's typed ``serving``."""
+    return {"cases": [{"axes": axes, "variant": v} for axes, v in cases], "fallback": fallback, "status": status,
+            "reason": reason}
 
 
 def test_fastest_is_recorded_per_case_so_a_prompt_and_its_steps_can_differ():
@@ -38,11 +49,10 @@ def test_fastest_is_recorded_per_case_so_a_prompt_and_its_steps_can_differ():
     rows.append({"backend": "torch eager", "batch": 1, "phase": "decode", "context": 32, "cache": "no",
                  "median_ms": 0.01})  # torch only: no served variant ran this case
     served = {n: v for v, n in names.items()}
-    assert _fastest(rows, axes, served) == {
-        "batch 1, phase prefill, context 128, cache yes": "int8",
-        "batch 1, phase prefill, context 512, cache yes": "openvino",
-        "batch 1, phase decode, context 32, cache yes": "fp32",
-        "batch 1, phase decode, context 512, cache yes": "int8"}
+    assert [(c["axes"]["phase"], c["axes"]["context"], c["variant"]) for c in _fastest(rows, axes, served)] == [
+        ("prefill", 128, "int8"), ("prefill", 512, "openvino"), ("decode", 32, "fp32"), ("decode", 512, "int8")]
+    assert all(c["axes"] == {"batch": 1, "phase": c["axes"]["phase"], "context": c["axes"]["context"], "cache": "yes"}
+               for c in _fastest(rows, axes, served))
 
 
 def test_each_call_runs_on_the_nearest_case_of_its_own_phase(textgen_bundle, tmp_path):
@@ -54,12 +64,12 @@ def test_each_call_runs_on_the_nearest_case_of_its_own_phase(textgen_bundle, tmp
     shutil.copytree(textgen_bundle, run)
     manifest = json.loads((run / "manifest.json").read_text())
     assert {"fp32", "int8"} <= set(Bundle.open(run).variants())
-    manifest["serving"] = {"batch 1, phase prefill, context 16, cache yes": "fp32",
-                           "batch 1, phase prefill, context 64, cache yes": "int8",
-                           "batch 1, phase decode, context 16, cache yes": "int8",
-                           "batch 1, phase decode, context 64, cache yes": "int8",
-                           "batch 8, phase decode, context 16, cache yes": "fp32",
-                           "batch 8, phase prefill, context 64, cache yes": "tensorrt"}  # not usable here
+    manifest["serving"] = serving(({"batch": 1, "phase": "prefill", "context": 16}, "fp32"),
+                                  ({"batch": 1, "phase": "prefill", "context": 64}, "int8"),
+                                  ({"batch": 1, "phase": "decode", "context": 16}, "int8"),
+                                  ({"batch": 1, "phase": "decode", "context": 64}, "int8"),
+                                  ({"batch": 8, "phase": "decode", "context": 16}, "fp32"),
+                                  ({"batch": 8, "phase": "prefill", "context": 64}, "tensorrt"))  # not usable here
     (run / "manifest.json").write_text(json.dumps(manifest))
     bundle = Bundle.open(run)
     assert bundle.serving_variant(1, phase="prefill", context=20) == "fp32"
@@ -85,11 +95,17 @@ def test_a_call_runs_the_serving_choice_for_its_batch_size(smoke_bundle, tmp_pat
     shutil.copytree(smoke_bundle, run)
     manifest = json.loads((run / "manifest.json").read_text())
     assert {"fp32", "int8"} <= set(Bundle.open(run).variants())
-    manifest["serving"] = {"batch 1": "fp32", "batch 32": "int8", "batch 256": "tensorrt"}  # tensorrt: not here
+    manifest["serving"] = serving(({"batch": 1}, "fp32"), ({"batch": 32}, "int8"),
+                                  ({"batch": 256}, "tensorrt"))  # tensorrt: not here
     (run / "manifest.json").write_text(json.dumps(manifest))
     bundle = Bundle.open(run)
     assert [bundle.serving_variant(n) for n in (1, 2, 5, 6, 32, 100, 1000)] == \
         ["fp32", "fp32", "fp32", "int8", "int8", "int8", "int8"]
+    # a bundle benchmarked before the choice was typed ("batch 1": ...) reads the same
+    manifest["serving"] = {"batch 1": "fp32", "batch 32": "int8", "batch 256": "tensorrt"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    legacy = Bundle.open(run)
+    assert [legacy.serving_variant(n) for n in (1, 6, 1000)] == ["fp32", "int8", "int8"]
     image = np.full((1, 28, 28, 1), 255, np.uint8)
     assert bundle.run({"image": image}).variant == "fp32"
     assert bundle.run({"image": np.repeat(image, 32, axis=0)}).variant == "int8"
@@ -100,9 +116,10 @@ def test_serving_defaults_to_the_fastest_variant_that_is_usable_here(segment_bun
     run = tmp_path / "run"
     shutil.copytree(segment_bundle, run)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert set(manifest["serving"]) == {"batch 1", "batch 4"}  # the smoke benchmark's cases
-    assert Bundle.open(run).default_variant == manifest["serving"]["batch 1"]
-    manifest["serving"] = {"batch 1": "tensorrt"}  # fastest where the bundle was made, absent here
+    cases = {c["axes"]["batch"]: c["variant"] for c in manifest["serving"]["cases"]}
+    assert set(cases) == {1, 4}  # the smoke benchmark's cases
+    assert Bundle.open(run).default_variant == cases[1]
+    manifest["serving"] = serving(({"batch": 1}, "tensorrt"))  # fastest where the bundle was made, absent here
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert Bundle.open(run).default_variant == "fp32"
 
@@ -156,4 +173,54 @@ def test_torch_compile_is_timed_and_scored_beside_eager(smoke_bundle, tmp_path):
     eager = next(r for r in rows if r["backend"] == "torch eager")
     assert compiled["accuracy"] == pytest.approx(eager["accuracy"], abs=0.5)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["serving"]["batch 1"] in manifest["variants"]
+    assert [c["variant"] in manifest["variants"] for c in manifest["serving"]["cases"]] == [True]
+
+
+def test_a_served_mix_that_loses_too_much_is_rejected_and_serving_falls_back(textgen_bundle, tmp_path, monkeypatch):
+    """The per-call choice is judged like a variant: scored on the held-out sets through the runtime's own
+    choice (here: prompts on fp32, decode steps on int8); when it loses more than the tolerance, every
+    call runs the fastest accepted single variant."""
+    from pipeline.benchmark import judge_serving
+    from pipeline.run import as_run
+    from serve.app import _serving
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(textgen_bundle, run_dir)
+    run = as_run(run_dir)
+    bundle = Bundle.open(run_dir)
+    assert {"fp32", "int8"} <= set(bundle.variants())
+    mix = [{"axes": {"batch": 1, "phase": "prefill", "context": 64}, "variant": "fp32"},
+           {"axes": {"batch": 1, "phase": "decode", "context": 64}, "variant": "int8"}]
+    metric = run.task.metric
+    fp32 = run.manifest["variants"]["fp32"][metric.name]
+    real_score = type(run).score
+    used: dict[str, int] = {}
+
+    def counted(self, runners):
+        used.clear()
+        scores, outputs = real_score(self, runners)
+        used.update({v: n for r in runners.values() for v, n in r.used.items()})
+        return scores, outputs
+
+    # judged for real: the mix of two accepted variants is within the tolerance
+    monkeypatch.setattr(type(run), "score", counted)
+    accepted = judge_serving(run, bundle, mix, "int8")
+    assert set(used) == {"fp32", "int8"}  # the runtime's choice ran both variants, call by call
+    assert accepted["status"] == "accepted" and accepted["reason"] is None
+    assert metric.loss(fp32, accepted["metrics"][metric.name]) <= metric.tolerance
+
+    # a mix that scores a whole bit per byte worse than fp32 (its scoring, replaced): rejected
+    def worse(self, runners):
+        scores, outputs = counted(self, runners)
+        return {**scores, metric.name: fp32 + 1.0}, outputs
+
+    monkeypatch.setattr(type(run), "score", worse)
+    rejected = judge_serving(run, bundle, mix, "int8")
+    assert rejected["status"] == "rejected" and "loses 1" in rejected["reason"]
+    run.manifest["serving"] = rejected
+    run.save()
+    served = Bundle.open(run_dir)
+    assert served.serving.status == "rejected"
+    calls = [dict(phase=p, context=c) for p in ("prefill", "decode") for c in (8, 64)]
+    assert [served.serving_variant(1, **call) for call in calls] == ["int8"] * 4  # the fallback, for every call
+    assert _serving(served).startswith("every call on int8, the fastest accepted single variant")

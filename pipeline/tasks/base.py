@@ -242,6 +242,12 @@ class Task(ABC):
     def benchmark_cases(self, data: Any, cfg: RunConfig) -> list[BenchCase]:
         """What the benchmark times, with the task's axes and units."""
 
+    def call_axes(self, graph: str, feeds: Feeds) -> dict[str, int | str]:
+        """One call of ``graph`` named as the benchmark's cases name it, so that serving can pick the variant
+        of the nearest case (``serve.runtime.ServingChoice``). Default: its batch size (the first input's
+        first dimension)."""
+        return {"batch": int(next(iter(feeds.values())).shape[0])}
+
     def bench_call(self, runners: Runners, case: BenchCase, cfg: RunConfig) -> Callable[[], Any]:
         """What one timed call of ``case`` is; untimed set-up (a prompt's KV cache before a decode step)
         happens here, before the closure is returned. Default: :meth:`infer` on the case's items."""

@@ -416,6 +416,9 @@ print(tokenizer.decode(generator.get_sequence(0)))
                                        backends=("torch eager",)))
         return cases
 
+    def call_axes(self, graph: str, feeds) -> dict[str, int | str]:
+        return loop.call_axes(feeds)  # batch, phase (prefill / decode) and context, as the cases name them
+
     def bench_call(self, runners, case: BenchCase, cfg: RunConfig) -> Callable[[], Any]:
         """prefill: the prompt's call; decode: one step of the loop (feed a byte, choose the next) on a
         cache of ``context - 1`` bytes, reset before each timed call."""

@@ -29,7 +29,8 @@ def test_the_serving_choice_is_shown_with_what_runs_here(smoke_bundle, tmp_path)
     run = tmp_path / "run"
     shutil.copytree(smoke_bundle, run)
     manifest = json.loads((run / "manifest.json").read_text())
-    manifest["serving"] = {"batch 1": "int8", "batch 32": "tensorrt"}
+    manifest["serving"] = {"cases": [{"axes": {"batch": 1}, "variant": "int8"},
+                                     {"axes": {"batch": 32}, "variant": "tensorrt"}], "fallback": "int8"}
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert _serving(Bundle.open(run)) == ("batch 1: int8; batch 32: tensorrt (not usable here). Each call runs the choice of the "
                                      "nearest case usable here (a single input: int8)")
