@@ -40,8 +40,10 @@ class StridedConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # always, not only when gradients are on: the kernels, and so the rounding, are then the same in
-        # training, evaluation and export
+        if x.device.type != "cpu":  # the fault is oneDNN's (CPU); cuDNN runs NHWC as it is, and fastest
+            return super().forward(x)
+        # on CPU always, not only when gradients are on: the kernels, and so the rounding, are then the
+        # same in training, evaluation and export
         return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
 
 

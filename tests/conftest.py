@@ -75,3 +75,24 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if BUNDLE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def assert_judged(manifest: dict, variant: str) -> str:
+    """A variant's status is the one its own metrics call for: accepted exactly when it loses at most the
+    tolerance against fp32 on the metric's set and every other judged set, rejected (with a reason naming
+    the metric) otherwise; a failed variant says why. Returns the status."""
+    entry, metric = manifest["variants"][variant], manifest["metric"]
+    if entry["status"] == "failed":
+        assert entry.get("reason"), f"{variant} failed without a reason"
+        return "failed"
+    fp32 = manifest["variants"]["fp32"]
+    losses = {}
+    for key in (metric["name"], *metric.get("also_on", [])):
+        if key in fp32 and key in entry:
+            losses[key] = fp32[key] - entry[key] if metric["direction"] == "max" else entry[key] - fp32[key]
+    assert metric["name"] in losses, f"{variant} has no {metric['name']}: {entry}"
+    expected = "accepted" if all(loss <= metric["tolerance"] + 1e-9 for loss in losses.values()) else "rejected"
+    assert entry["status"] == expected, f"{variant}: {entry['status']} with losses {losses} (tolerance {metric['tolerance']})"
+    if expected == "rejected":
+        assert metric["name"] in entry["reason"], entry["reason"]
+    return expected

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 import pytest
+
+from tests.conftest import assert_judged
 import torch
 
 import models
@@ -91,17 +93,17 @@ def test_both_graphs_exported_with_loop_level_parity(run_dir):
 def test_variants_are_judged_as_sets(run_dir):
     m = _manifest(run_dir)
     variants = m["variants"]
-    assert variants["opt"]["status"] == "accepted" and variants["fp16"]["status"] in ("accepted", "rejected")
+    assert assert_judged(m, "opt") == "accepted" and assert_judged(m, "fp16") != "failed"
     int8 = variants["int8"]
     # no calibration data: static INT8 fails, and auto falls back to dynamic
     assert [a["mode"] for a in int8["attempts"]] == ["static", "dynamic"]
     assert int8["attempts"][0]["status"] == "failed" and "calibration" in int8["attempts"][0]["reason"]
-    assert int8["mode"] == "dynamic" and int8["status"] in ("accepted", "rejected")
+    assert int8["mode"] == "dynamic" and assert_judged(m, "int8") != "failed"
     for variant in ("opt", "int8", "fp16"):
         files = {g: spec["files"].get(variant) for g, spec in m["graphs"].items()}
         assert files == {"encoder": f"encoder.{variant}.onnx", "decoder": f"decoder.{variant}.onnx"}, variant
         assert all(f in m["files"] for f in files.values())
-        assert variants[variant]["exact_match"] >= 0
+        assert 0 <= variants[variant]["exact_match"] <= 100
 
 
 def test_benchmark_rows_have_the_task_axes_and_tokens(run_dir):
