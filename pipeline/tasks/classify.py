@@ -6,6 +6,7 @@ the network, softmax.
 """
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
@@ -51,6 +52,9 @@ class DataConfig:
     # (pipeline/data/drawn.py, training seeds, never the held-out seed) are scanned to 8x8 like the
     # digits and added to the training split
     drawings: int = 50
+    # (int) digits only: held-out drawings per digit in the drawn set (1,000 by default); the second
+    # hand's and the typed set get half as many each. Every variant is scored on all three
+    held_out_drawings: int = DRAWN_PER_CLASS
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -61,6 +65,8 @@ class DataConfig:
             raise ValueError(f"split_seed must be >= 0, got {self.split_seed}")
         if self.drawings < 0:
             raise ValueError(f"drawings must be >= 0, got {self.drawings}")
+        if self.held_out_drawings < 1:
+            raise ValueError(f"held_out_drawings must be >= 1, got {self.held_out_drawings}")
 
     @property
     def crop_to_ink(self) -> bool:
@@ -74,7 +80,7 @@ class DataConfig:
 
 
 PRESETS = {  # smoke / quick / full
-    "smoke": {"model": {"name": "lenet", "channels": [16, 32], "hidden": 64},
+    "smoke": {"model": {"name": "lenet", "channels": [16, 32], "hidden": 64}, "data": {"held_out_drawings": 20},
               "train": {"epochs": 20, "batch_size": 64, "lr": 4e-3, "warmup_epochs": 0.0},
               "optimize": {"calibration_samples": 64}, "benchmark": {"batch_sizes": [1, 32], "seconds": 0.1, "torch_compile": False}},
     "quick": {"model": {"name": "resnet", "image_size": 24, "widths": [32, 64, 128], "blocks": [1, 1, 1]},
@@ -236,16 +242,18 @@ def evaluate(model: nn.Module, data_set: Dataset, device: torch.device, batch_si
 
 
 
-def drawn_sets() -> list[EvalSet]:
+@functools.lru_cache(maxsize=4)
+def drawn_sets(per_class: int = DRAWN_PER_CLASS) -> tuple[EvalSet, ...]:
     """Digits as people draw them (none ever trained on), scored and judged beside the test split:
     the sketchpad drawings, a second hand drawn by another generator, and typed digits."""
-    drawn, hand2, fonts = drawn_digits(DRAWN_PER_CLASS), other_hand_digits(), font_digits()
-    return [EvalSet("drawn", f"{len(drawn)} digits drawn as on the 280x280 sketchpad (pipeline/data/drawn.py, "
+    drawn = drawn_digits(per_class)
+    hand2, fonts = other_hand_digits(max(1, per_class // 2)), font_digits(max(1, per_class // 2))
+    return (EvalSet("drawn", f"{len(drawn)} digits drawn as on the 280x280 sketchpad (pipeline/data/drawn.py, "
                     "seed 2026)", drawn, len(drawn), scored=True),
             EvalSet("hand2", f"{len(hand2)} digits by a second hand: other strokes, pen pressure, tremor, a 360x360 "
                     "canvas (drawn.other_hand_digits)", hand2, len(hand2), scored=True),
             EvalSet("fonts", f"{len(fonts)} typed digits in matplotlib's fonts at random size, place, angle and "
-                    "weight (drawn.font_digits)", fonts, len(fonts), scored=True)]
+                    "weight (drawn.font_digits)", fonts, len(fonts), scored=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +363,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
                 EvalSet("stress", f"the test split enlarged {scale}x, RGB", ImageSplit(big, data.test.labels),
                         len(data.test))]
         if data.class_names == DIGITS:  # a digit model is also scored on digits drawn as on the sketchpad
-            sets += drawn_sets()
+            sets += drawn_sets(cfg.data.held_out_drawings)  # generated once per process and size
         return sets
 
     def infer(self, runners, items: ImageSplit, cfg: RunConfig) -> np.ndarray:

@@ -26,6 +26,7 @@ STEPS = {"train": {"steps": 10, "eval_every": 3, "batch_size": 256, "log_every":
                    "warmup_steps": 2}, "model": {"dropout": 0.3}}
 
 
+@pytest.mark.slow  # trains the smoke classifier three times
 @pytest.mark.parametrize("sets,stop_at,evals", [(EPOCHS, 10, 3), (STEPS, 5, 4)], ids=["epochs", "steps-ema"])
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, sets, stop_at, evals):
     """Stopped after a checkpoint and resumed, training ends with exactly the weights (and, with an
@@ -86,6 +87,7 @@ def test_checkpoint_errors(tmp_path):
         load_weights(model, bad)
 
 
+@pytest.mark.slow  # a whole smoke training
 def test_training_learns(tmp_path):
     """Five smoke-sized epochs get well above chance (10%) on the digits."""
     run = stages.train("classify", "smoke", sets={"train": {"epochs": 5}}, out=tmp_path)
