@@ -24,7 +24,8 @@ def channels_first(image: torch.Tensor) -> torch.Tensor:
     """Images (N, H, W, C) -> (N, C, H, W) in channels_last memory (NHWC strides), the layout the
     ConvNets here run in: on CPU, oneDNN's NHWC kernels trained the detector and the U-Net 1.2x faster
     than contiguous NCHW (benchmarks/train_layout.py). Strided convolutions read NCHW instead
-    (:class:`StridedConv2d`). In ONNX this is no operator at all."""
+    (:class:`StridedConv2d`). In ONNX this is the Transpose a permute always was: the memory-format
+    copy adds no operator."""
     return image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (N, C, H, W)
 
 

@@ -172,8 +172,9 @@ def judge_serving(run: Run, bundle: Bundle, cases: list[dict[str, Any]], fallbac
     """The manifest's ``serving`` (``serve.bundle.Serving``): the per-call choice ``cases``, judged as a
     whole like a variant. When every case names one variant, the choice is that variant, whose metrics
     are already judged; a mix is scored on the held-out sets through the runtime's own choice
-    (``ServingChoice``) and, when it loses more than the tolerance, rejected: serving then runs
-    ``fallback`` (the fastest accepted single variant) on every call."""
+    (``ServingChoice``; ``mix_metrics``) and, when it loses more than the tolerance, rejected: serving
+    then runs ``fallback`` (the fastest accepted single variant) on every call. ``metrics`` are always
+    those of what is served."""
     columns = metric_columns(run.manifest)
     chosen = sorted({c["variant"] for c in cases})
     serving: dict[str, Any] = {"cases": cases, "fallback": fallback, "status": "accepted", "reason": None}
@@ -187,9 +188,13 @@ def judge_serving(run: Run, bundle: Bundle, cases: list[dict[str, Any]], fallbac
     runners = {g: bundle.served(g, functools.partial(run.task.call_axes, g), choice) for g in run.graphs}
     scores, _ = run.score(runners)
     status, reason = run.judge(scores)
-    serving.update(status=status, reason=reason, metrics={key: scores.get(key) for _, key in columns})
+    mix = {key: scores.get(key) for _, key in columns}
+    serving.update(status=status, reason=reason, mix_metrics=mix)
+    # ``metrics``: what is served: the mix when accepted, else the fallback (a judged variant itself)
+    fallen = run.manifest["variants"].get(fallback, {})
+    serving["metrics"] = mix if status == "accepted" else {key: fallen.get(key) for _, key in columns}
     used = {v: sum(r.used.get(v, 0) for r in runners.values()) for v in chosen}
-    shown = ", ".join(f"{k} {shown_value(v)}" for k, v in serving["metrics"].items())
+    shown = ", ".join(f"{k} {shown_value(v)}" for k, v in mix.items())
     print(f"served per call ({', '.join(f'{v} {n} calls' for v, n in used.items())}): {shown}: {status}"
           + (f" ({reason}); serving falls back to {fallback}" if reason else ""), flush=True)
     return serving

@@ -167,7 +167,7 @@ def load_run(run_dir: str | Path, allow_older: bool = False) -> Run:
     raw = load_file(run.check_file(CONFIG, "the run folder is damaged"))
     run.cfg = resolve(task, raw.get("preset", "quick"), raw)
     run.data = task.load_data(run.cfg)
-    model = build_model(task, run.cfg)
+    model = build_model(task, None, run.cfg)
     load_weights(model, run.check_file(CHECKPOINT, "retrain with `python -m pipeline train`"))
     run.model = model.eval()
     return run

@@ -140,7 +140,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     dataset = task.load_data(cfg)
     cfg = task.complete_config(dataset, cfg)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(task, cfg, dataset)  # before anything is written: a config torch refuses leaves no folder
+    model = build_model(task, dataset, cfg)  # before anything is written: a config torch refuses leaves no folder
     if resume is None:
         run_dir = Path(out) / task.name / (_run_name(cfg.preset) + PARTIAL)
         if rt.is_main:

@@ -85,7 +85,9 @@ def _serving(bundle: Bundle) -> str:
     if not recorded:
         return f"{bundle.default_variant} (no benchmark yet)"
     if serving.status == "rejected":
-        return (f"every call on {bundle.default_variant}, the fastest accepted single variant: the fastest per call "
+        what = ("the fastest accepted single variant" if bundle.default_variant == serving.fallback
+                else f"the fastest accepted single variant, {serving.fallback}, cannot run here")
+        return (f"every call on {bundle.default_variant} ({what}): the fastest per call "
                 f"({'; '.join(recorded)}) was rejected on the held-out sets ({serving.reason})")
     return "; ".join(recorded) + (f". Each call runs the choice of the nearest case usable here (a single "
                                   f"input: {bundle.default_variant})")

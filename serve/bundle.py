@@ -310,6 +310,7 @@ def read_manifest(run_dir: str | Path, allow_older: bool = False) -> dict[str, A
         raise BundleError(f"{run_dir}: manifest schema {version!r} is not {SCHEMA_VERSION} (made by a newer version?)")
     try:
         Manifest.model_validate(manifest)
+        serving_of(manifest)
     except ValidationError as e:
         raise BundleError(f"{path} is damaged: {_first_error(e)}") from None
     return manifest

@@ -421,6 +421,7 @@ class ServedRunner:
         self.used: dict[str, int] = {}
 
     def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        variant = self.choice(**self.axes(feeds))
+        call = self.axes(feeds) or {"batch": self.bundle.batch_of(feeds, self.graph)}
+        variant = self.choice(**call)
         self.used[variant] = self.used.get(variant, 0) + 1
         return self.bundle.session(self.graph, variant)(feeds)

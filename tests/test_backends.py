@@ -224,4 +224,7 @@ def test_a_served_mix_that_loses_too_much_is_rejected_and_serving_falls_back(tex
     assert served.serving.status == "rejected"
     calls = [dict(phase=p, context=c) for p in ("prefill", "decode") for c in (8, 64)]
     assert [served.serving_variant(1, **call) for call in calls] == ["int8"] * 4  # the fallback, for every call
-    assert _serving(served).startswith("every call on int8, the fastest accepted single variant")
+    assert _serving(served).startswith("every call on int8 (the fastest accepted single variant)")
+    # the manifest's metrics are those of what is served: the fallback's; the mix's are kept beside
+    assert rejected["metrics"][metric.name] == run.manifest["variants"]["int8"][metric.name]
+    assert rejected["mix_metrics"][metric.name] == fp32 + 1.0

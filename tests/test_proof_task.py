@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from pipeline.tasks.base import register
 from tests.conftest import assert_judged
 import torch
 
@@ -34,7 +35,7 @@ def registered():
     """The proof task in the model, task and tab registries, for this module's duration."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(models.MODELS, "reverser", (ReverserConfig, Reverser))
-        mp.setitem(pipeline.tasks.TASKS, "reverse", Reverse())
+        mp.setitem(pipeline.tasks.TASKS, "reverse", register(Reverse)["reverse"])  # the checks a new task meets
         mp.setitem(serve.tasks.TABS, "reverse", ReverseTab())
         yield
 

@@ -242,11 +242,11 @@ class Task(ABC):
     def benchmark_cases(self, data: Any, cfg: RunConfig) -> list[BenchCase]:
         """What the benchmark times, with the task's axes and units."""
 
-    def call_axes(self, graph: str, feeds: Feeds) -> dict[str, int | str]:
+    def call_axes(self, graph: str, feeds: Feeds) -> dict[str, int | str] | None:
         """One call of ``graph`` named as the benchmark's cases name it, so that serving can pick the variant
-        of the nearest case (``serve.runtime.ServingChoice``). Default: its batch size (the first input's
-        first dimension)."""
-        return {"batch": int(next(iter(feeds.values())).shape[0])}
+        of the nearest case (``serve.runtime.ServingChoice``). None (the default): its batch size, where the
+        graph's contract puts it (``Bundle.batch_of``)."""
+        return None
 
     def bench_call(self, runners: Runners, case: BenchCase, cfg: RunConfig) -> Callable[[], Any]:
         """What one timed call of ``case`` is; untimed set-up (a prompt's KV cache before a decode step)
@@ -341,7 +341,7 @@ def resolve(task: Task, preset: str, *layers: dict[str, Any]) -> RunConfig:
     )
 
 
-def build_model(task: Task, cfg: RunConfig, data: Any | None = None) -> nn.Module:
+def build_model(task: Task, data: Any | None, cfg: RunConfig) -> nn.Module:
     """``task.build_model``, with a model config that passes its types but not torch (a negative
     width, a dropout of 5, sizes beyond memory) one clear error rather than torch's traceback."""
     try:

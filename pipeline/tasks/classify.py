@@ -52,8 +52,8 @@ class DataConfig:
     # (pipeline/data/drawn.py, training seeds, never the held-out seed) are scanned to 8x8 like the
     # digits and added to the training split
     drawings: int = 50
-    # (int) digits only: held-out drawings per digit in the drawn set (1,000 by default); the second
-    # hand's and the typed set get half as many each. Every variant is scored on all three
+    # (int) digits only: held-out drawings per digit in the drawn set (100 per digit, 1,000 in all, by
+    # default); the second hand's and the typed set get half as many each. Every variant is scored on all three
     held_out_drawings: int = DRAWN_PER_CLASS
 
     def __post_init__(self):

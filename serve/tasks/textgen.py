@@ -133,8 +133,8 @@ def left_pad(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Decoder:
-    """One batch's state over the graph: the bytes of each row, the ids and attention mask of the last
-    call and the KV cache. ``prefill`` reads prompts (left-padded), ``step`` feeds one byte per row;
+    """One batch's state over the graph: the bytes of each row, the prompt's ids (left-padded), the
+    attention mask over everything read so far, and the KV cache. ``prefill`` reads prompts (left-padded), ``step`` feeds one byte per row;
     each returns the next-byte logits. With ``use_cache=False`` every call re-reads the whole sequence
     with an empty cache (the reference and the benchmark's "without cache" rows). ``snapshot`` and
     ``restore`` put the state back, so a benchmark can time the same step again."""
@@ -377,9 +377,11 @@ class TextTab(TaskTab):
 
     def check(self, bundle: Bundle) -> None:
         try:
-            CacheSpec.of(bundle.info)
+            spec = CacheSpec.of(bundle.info)
         except (KeyError, TypeError, ValueError):
-            raise BundleError(f"{bundle.path}: info must give layers, heads, head_dim and context") from None
+            spec = None
+        if spec is None or min(spec) < 1:
+            raise BundleError(f"{bundle.path}: info must give layers, heads, head_dim and context (each >= 1)")
 
     def build(self, bundle: Bundle) -> None:
         import gradio as gr

@@ -26,7 +26,7 @@ def conv_tasks(preset: str):
         cfg = resolve(task, preset)
         if name == "classify":
             cfg = resolve(task, preset, {"model": {"name": "resnet"}})  # the strided shortcuts of the quick preset
-        model = build_model(task, cfg)
+        model = build_model(task, None, cfg)
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             yield name, model, getattr(cfg.model, "in_chans", 3)
 

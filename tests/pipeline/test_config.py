@@ -72,7 +72,7 @@ def test_model_configs_torch_refuses_are_one_clear_error(sets):
     from pipeline.tasks.base import build_model
 
     with pytest.raises(PipelineError, match="cannot build .* from this model config"):
-        build_model(classify, resolve(classify, "quick", parse_sets(sets)))
+        build_model(classify, None, resolve(classify, "quick", parse_sets(sets)))
 
 
 def test_parse_sets_needs_key_value():

@@ -71,6 +71,9 @@ def _set(path: str, value):
     (_set("metric", KeyError), "metric: Field required"),
     (_set("task", 5), "task: Input should be a valid string"),
     (_set("examples/0", "examples/b_0.png"), "example 'examples/b_0.png' is not listed in files"),
+    (_set("serving", {"cases": "x"}), "cases: Input should be a valid list"),
+    (_set("serving", {"cases": [{"axes": {"batch": 1}, "variant": "fast"}]}), "cases.0.variant: Input should be 'fp32'"),
+    (_set("serving", {"cases": [], "status": "maybe"}), "status: Input should be 'accepted' or 'rejected'"),
 ])
 def test_every_damage_is_one_line_naming_where(tmp_path, damage, message):
     manifest = copy.deepcopy(VALID)
