@@ -12,11 +12,50 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 import gradio as gr  # noqa: E402
 
-from serve.bundle import graph_files, metric_columns, shown, variant_title  # noqa: E402
+from serve.bundle import first_line, graph_files, metric_columns, shown, variant_title  # noqa: E402
 from serve.runtime import Bundle  # noqa: E402
 from serve.tasks import TABS  # noqa: E402
 
 MAKE_ONE = "python -m pipeline run all --preset quick"
+
+
+def _endpoint(block_fn) -> tuple[str, list[str]]:
+    """An event's API name and its parameters' names, for messages."""
+    import inspect
+
+    name = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "this endpoint"
+    try:
+        params = list(inspect.signature(block_fn.fn).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return f"/{name}".replace("//", "/"), params
+
+
+class App(gr.Blocks):
+    """The app's Blocks: a request that fails in Gradio's own processing, before a handler runs (too few
+    values, a file path that was never uploaded or cannot be read, a payload of the wrong shape), reaches
+    the caller as one readable line, through the browser, ``gradio_client`` and plain HTTP alike, where
+    Gradio would answer ``{"error": null}``. Handlers raise their own readable errors (``gr.Error``)."""
+
+    async def process_api(self, block_fn, inputs, *args, **kwargs):
+        from gradio.exceptions import Error, InvalidPathError
+
+        try:
+            return await super().process_api(block_fn, inputs, *args, **kwargs)
+        except Error:
+            raise
+        except InvalidPathError:
+            raise gr.Error("a file in the request was never uploaded to this server (or may not be read): upload "
+                           "it first (POST /gradio_api/upload, as gradio_client does) and send the path it returns",
+                           print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - the caller gets one line, the log the traceback
+            fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+            name, params = _endpoint(fn)
+            if "didn't receive enough input values" in str(e):
+                raise gr.Error(f"{name} takes {len(params)} values ({', '.join(params)}); got {len(inputs)}",
+                               print_exception=False) from None
+            raise gr.Error(f"{name} could not read this request ({type(e).__name__}: {first_line(e, 160)})",
+                           print_exception=False) from None
 
 
 def _variants_table(bundle: Bundle) -> str:
@@ -120,7 +159,7 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
 def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, root: str | Path = "artifacts") -> gr.Blocks:
     problems = problems or []
     on_load = "\n".join(tab.on_load_js for task, tab in TABS.items() if task in bundles and tab.on_load_js)
-    with gr.Blocks(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
+    with App(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
         if on_load:  # the tabs' page-open scripts, in the browser only
             app.load(None, js=f"() => {{\n{on_load}\n}}")
         gr.Markdown("# Little Book of Deep Learning: ONNX demos\nEvery model here runs from its ONNX file "

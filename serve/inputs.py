@@ -15,6 +15,7 @@ import argparse
 import base64
 import binascii
 import io
+import math
 import threading
 import warnings
 from contextlib import contextmanager
@@ -42,6 +43,62 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 class InputError(BundleError):
     """An input that cannot be used (not an image, too large, damaged, empty, the wrong kind)."""
+
+
+BLANK_RANGE = 24  # grey levels: an image whose pixels all lie within this of each other shows nothing
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """uint8 (H, W, C) of one colour (within BLANK_RANGE, every channel): nothing drawn or photographed on
+    it. Checked on a strided view first, so a large image that is not blank costs microseconds."""
+    step = max(1, max(image.shape[:2]) // 256)
+    for view in (image[::step, ::step], image):
+        flat = view.reshape(-1, view.shape[-1])
+        if (flat.max(axis=0).astype(int) - flat.min(axis=0)).max() > BLANK_RANGE:
+            return False
+    return True
+
+
+def echo(value: Any, limit: int = 40) -> str:
+    """A value as an error message shows it: its repr, cut short (a 4,000-digit number is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def number(value: Any, name: str, integer: bool = False, lo: float | None = None, hi: float | None = None) -> Any:
+    """The one rule for a numeric input of any tab or endpoint: a number (never a boolean), finite, whole
+    where ``integer``, within [lo, hi] where given; anything else is an InputError naming ``name`` and
+    echoing the value cut short. Whole numbers stay exact however large (the range check follows)."""
+    shown = echo(value)
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number, got {shown}")
+    if integer and isinstance(value, (int, np.integer)):
+        x: Any = int(value)
+    else:
+        try:
+            x = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{name} must be a number, got {shown}") from None
+        if not math.isfinite(x):
+            raise InputError(f"{name} must be a finite number, got {shown}")
+        if integer:
+            if x != int(x):
+                raise InputError(f"{name} must be a whole number, got {shown}")
+            x = int(x)
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        bounds = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                  else f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+        raise InputError(f"{name} must be {bounds}, got {shown}")
+    return x
+
+
+def as_text(value: Any, name: str) -> str:
+    """A text input: a string (None reads as empty); a number, list or object is an InputError."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text, got {type(value).__name__} {echo(value)}")
+    return value
 
 
 @dataclass

@@ -275,6 +275,21 @@ class Bundle:
         """What the app runs (one input at a time) unless the user picks another: ``serving_variant(1)``."""
         return self.serving_variant(1)
 
+    def check_image(self, image: np.ndarray, graph: str = "model", name: str = "image") -> None:
+        """An image (H, W, C) the graph's ``name`` input (N, H, W, C) takes, or an InputError in the
+        upload check's words, naming both sides (the graph's own check names one axis at a time)."""
+        from serve.inputs import InputError
+
+        spec = next((axes for n, _, axes in self.checks[graph].inputs if n == name and len(axes) == 4), None)
+        if spec is None:
+            return
+        (_, h_lo, h_hi), (_, w_lo, w_hi) = spec[1], spec[2]
+        h, w = image.shape[:2]
+        lo = max(x for x in (h_lo, w_lo) if x is not None) if (h_lo or w_lo) else 1
+        hi = min(x for x in (h_hi, w_hi) if x is not None) if (h_hi or w_hi) else 1 << 30
+        if not (lo <= h <= hi and lo <= w <= hi):
+            raise InputError(f"the image is {w}x{h} pixels; each side must be between {lo} and {hi}")
+
     def batch_of(self, feeds: Feeds, graph: str) -> int:
         """The size of the first input's ``batch`` axis (1 where the graph has none)."""
         for name, _, axes in self.checks[graph].inputs:

@@ -96,3 +96,25 @@ def assert_judged(manifest: dict, variant: str) -> str:
     if expected == "rejected":
         assert metric["name"] in entry["reason"], entry["reason"]
     return expected
+
+
+def http_call(app_url: str, api: str, data) -> tuple[str, object]:
+    """A plain-HTTP call of a Gradio endpoint (POST /gradio_api/call/API, then its event stream): the
+    last event's name ("complete" or "error") and its payload (the outputs, or the error's message)."""
+    import json
+
+    import httpx
+
+    base = f"{app_url.rstrip('/')}/gradio_api/call/{api.lstrip('/')}"
+    posted = httpx.post(base, json={"data": data}, timeout=30)
+    posted.raise_for_status()
+    stream = httpx.get(f"{base}/{posted.json()['event_id']}", timeout=60).text
+    event, payload = None, None
+    for line in stream.splitlines():
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            payload = json.loads(line[len("data: "):])
+    if event == "error":
+        payload = payload.get("error") if isinstance(payload, dict) else payload
+    return event, payload

@@ -319,6 +319,8 @@ def _runtime(root, task):
 
 
 NONE = "no digits found above the score threshold; "  # the latency line's start when nothing is found
+NEVER_UPLOADED = ("a file in the request was never uploaded to this server (or may not be read): upload it first "
+                  "(POST /gradio_api/upload, as gradio_client does) and send the path it returns")
 
 
 def test_detect_and_segment_through_the_api(scene_client, scene_app):
@@ -367,15 +369,45 @@ def test_bad_inputs_are_readable_and_serving_goes_on(scene_client, tmp_path):
     for (api, *args), message in cases:
         with pytest.raises(AppError, match=message):
             scene_client.predict(handle_file(args[0]), *args[1:], "fp32", api_name=f"/{api}")
-    # grey and RGBA images are read as RGB; a scene with no digits is zero detections, not an error
+    # grey and RGBA images are read as RGB; a scene with nothing found is zero detections, not an error
     for name, mode in (("grey.png", "L"), ("rgba.png", "RGBA")):
         path = _image_file(tmp_path, name, scene, mode)
         _, table, line = scene_client.predict(handle_file(path), 0.4, 0.45, "fp32", api_name="/detect")
         n = len(table["data"])
         assert re.fullmatch(rf"{NONE if not n else ''}{n} detections? in \d+\.\d\d ms \(.*\)", line), line
-    blank = _image_file(tmp_path, "blank.png", np.full((80, 80, 3), 255, np.uint8))
-    _, table, line = scene_client.predict(handle_file(blank), 1.0, 0.45, "fp32", api_name="/detect")
+    _, table, line = scene_client.predict(handle_file(_image_file(tmp_path, "s.png", scene)), 1.0, 0.45, "fp32",
+                                          api_name="/detect")
     assert table["data"] == [] and line.startswith("no digits found")
+    # a blank image (one colour) is said to be blank, by both tabs, quickly
+    for colour in (255, 0, 128):
+        blank = _image_file(tmp_path, f"blank{colour}.png", np.full((2048, 2048, 3), colour, np.uint8))
+        for api, args in (("detect", (0.4, 0.45)), ("segment", ())):
+            with pytest.raises(AppError, match="the image is blank"):
+                scene_client.predict(handle_file(blank), *args, "fp32", api_name=f"/{api}")
+
+
+def test_named_parameters_and_malformed_requests_are_messages(scene_client, scene_app, tmp_path):
+    """gradio_client keyword calls; over plain HTTP, a request Gradio cannot process is a message, and a
+    threshold follows the one rule for numbers (a boolean is not one)."""
+    from gradio_client import handle_file
+
+    from tests.conftest import http_call
+
+    scene = _image_file(tmp_path, "s.png", np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    _, table, line = scene_client.predict(image=handle_file(scene), score_threshold=1.0, iou_threshold=0.45,
+                                          variant="fp32", api_name="/detect")
+    assert table["data"] == [] and line.startswith(NONE)
+    _, rows, line = scene_client.predict(image=handle_file(scene), variant="fp32", api_name="/segment")
+    assert rows["data"] == scene_client.predict(handle_file(scene), "fp32", api_name="/segment")[1]["data"]
+    url = scene_app[0]
+    never = {"path": "/tmp/never-uploaded.png", "meta": {"_type": "gradio.FileData"}}
+    assert http_call(url, "detect", [never, 0.4, 0.45, "fp32"]) == ("error", NEVER_UPLOADED)
+    assert http_call(url, "segment", [never, "fp32"]) == ("error", NEVER_UPLOADED)
+    assert http_call(url, "detect", [never, 0.4]) == (
+        "error", "/detect takes 4 values (image, score_threshold, iou_threshold, variant); got 2")
+    assert http_call(url, "segment", []) == ("error", "/segment takes 2 values (image, variant); got 0")
+    with pytest.raises(Exception, match="score threshold must be a number, got True"):
+        scene_client.predict(handle_file(scene), True, 0.45, "fp32", api_name="/detect")
 
 
 def _run_tab(page, tab: str, scene: str, screenshot) -> list[str]:
@@ -404,8 +436,10 @@ def test_chromium_reads_back_the_labels_of_a_known_scene(scene_app):
     det, seg = _runtime(root, "detect"), _runtime(root, "segment")
     scenes = sorted(p for p in (det.path / "examples").iterdir() if p.suffix == ".png")
     scene, score = str(scenes[0]), 0.0
-    found, _ = detect(det, decode_image(scene), score, 0.45)
-    seg_scene = max((str(p) for p in scenes), key=lambda p: len(segment(seg, decode_image(p))[1]))
+    # the page runs each tab's default variant (the serving choice for one image); so does the reference
+    found, _ = detect(det, decode_image(scene), score, 0.45, det.default_variant)
+    seg_scene = max((str(p) for p in scenes),
+                    key=lambda p: len(segment(seg, decode_image(p), seg.default_variant)[1]))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with chromium_page() as page:
         page.goto(url)
@@ -422,7 +456,7 @@ def test_chromium_reads_back_the_labels_of_a_known_scene(scene_app):
     for words in (("detect:", "map50", "matched boxes", "ORT fp32 spin"), ("segment:", "miou", "mask agreement")):
         assert all(w in models_text for w in words), words
     assert shown == [d.label for d in found] and shown
-    assert classes == set(segment(seg, decode_image(seg_scene))[1]) and classes
+    assert classes == set(segment(seg, decode_image(seg_scene), seg.default_variant)[1]) and classes
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])

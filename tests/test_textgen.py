@@ -274,6 +274,27 @@ def test_a_stream_can_be_stopped_and_serving_goes_on(text_client):
     assert text_client.predict("Hi", 0.0, 0, 1.0, 5, 0, "fp32", api_name="/generate")[1].startswith("done")
 
 
+def test_named_parameters_and_one_rule_for_values(text_app, text_client):
+    """Keyword calls (the rest at the tab's defaults); a prompt must be text; a boolean is not a number; a
+    value echoed in an error is cut short; a request Gradio cannot process is a message."""
+    from tests.conftest import http_call
+
+    text, status = text_client.predict(prompt="Hi", temperature=0, max_new_tokens=4, variant="fp32",
+                                       api_name="/generate")
+    assert status.startswith("done: 4 bytes")
+    settings = [0.0, 0, 1.0, 5, 0, "fp32"]
+    for prompt, message in ((123, "the prompt must be text, got int 123"),
+                            (["a"], "the prompt must be text, got list ['a']"),
+                            ({"a": [1, 2]}, "the prompt must be text, got dict {'a': [1, 2]}")):
+        assert http_call(text_app, "generate", [prompt, *settings]) == ("error", message)
+    assert http_call(text_app, "generate", ["Hi", True, *settings[1:]]) == (
+        "error", "temperature must be a number, got True")
+    event, message = http_call(text_app, "generate", ["Hi", *settings[:4], int("9" * 4000), "fp32"])
+    assert event == "error" and message.startswith("seed must be") and len(message) < 120, message[:200]
+    assert http_call(text_app, "generate", ["Hi"]) == (
+        "error", "/generate takes 7 values (prompt, temperature, top_k, top_p, max_new_tokens, seed, variant); got 1")
+
+
 def test_nan_from_the_api_is_a_readable_message(text_app, text_client):
     """JSON clients cannot send NaN, but Python's json (the server's) reads it: plain HTTP does."""
     import httpx

@@ -2,10 +2,11 @@
 and the Gradio glue that sends every input through :mod:`serve.inputs`."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar
 
 from serve.bundle import BundleError
-from serve.inputs import LIMITS, InputError, Picture, decode_data_url, decoded, image_size
+from serve.inputs import LIMITS, InputError, Picture, as_text, decode_data_url, decoded, image_size
 from serve.runtime import Bundle
 
 
@@ -36,6 +37,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """An event handler that gets its images decoded (within the pixel budget, held until it returns)
     and whose BundleErrors reach people as one readable message, not a traceback."""
 
+    @functools.wraps(fn)  # Gradio names the API's parameters after ``fn``'s (gradio_client keyword calls)
     def run(*args):
         try:
             with decoded(args) as values:
@@ -43,7 +45,6 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BundleError as e:
             raise _readable(e) from None
 
-    run.__name__ = getattr(fn, "__name__", "run")
     return run
 
 
@@ -51,6 +52,7 @@ def guarded_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
     """:func:`guarded` for a generator handler (a streamed answer): its images stay decoded while it
     streams, and a BundleError raised at any step reaches people as one readable message."""
 
+    @functools.wraps(fn)
     def run(*args):
         try:
             with decoded(args) as values:
@@ -58,7 +60,6 @@ def guarded_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BundleError as e:
             raise _readable(e) from None
 
-    run.__name__ = getattr(fn, "__name__", "run")
     return run
 
 
@@ -135,6 +136,12 @@ def sketch_input(component: Any, unreadable: str) -> None:
         return {"composite": None if composite is None else Picture.of(_file_source(composite))}
 
     _checked(component, preprocess, unreadable)
+
+
+def text_input(component: Any, what: str) -> None:
+    """A Textbox whose events get the text as sent: a number, list or object is one readable line
+    (Gradio would turn ``123`` or ``["a"]`` into a string and go on)."""
+    _checked(component, lambda payload: as_text(payload, what), f"{what} could not be read")
 
 
 def number_input(component: Any) -> None:

@@ -6,13 +6,21 @@ from typing import Any
 import numpy as np
 
 from serve.bundle import BundleError
-from serve.inputs import InputError
+from serve.inputs import InputError, is_blank
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
 
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
 UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
+
+
+def need_ink(image: np.ndarray) -> np.ndarray:
+    """An uploaded image with something on it: a blank one (one colour, or paper with no ink) is said to
+    be blank, as an empty sketch is, rather than read as a digit."""
+    if is_blank(image) or not (image.min(axis=-1) < 255 - INK_THRESHOLD).any():
+        raise InputError("the image is blank: there is no drawing or digit on it to read")
+    return image
 
 
 def from_sketch(value: Any) -> np.ndarray:
@@ -27,6 +35,7 @@ def from_sketch(value: Any) -> np.ndarray:
 
 def predict(bundle: Bundle, image: np.ndarray, variant: str = "fp32", top_k: int = 5) -> tuple[dict[str, float], str]:
     """uint8 (H, W, C) -> ({label: probability} of the top k, a line on latency and provider)."""
+    bundle.check_image(image)
     pred = bundle.run({"image": image[None]}, variant)
     probs = pred.outputs["probs"][0]
     labels = bundle.info["labels"]  # as many as probabilities: ClassifyTab.check and the I/O check
@@ -69,10 +78,11 @@ class ClassifyTab(TaskTab):
         def classify_upload(image, variant):
             if image is None:
                 raise InputError("no image: upload one, pick an example, or draw in the Draw tab")
-            return predict(bundle, image, variant)
+            bundle.check_image(image)  # a size the graph refuses is said as such before blankness
+            return predict(bundle, need_ink(image), variant)
 
-        def classify_sketch(value, variant):
-            return predict(bundle, from_sketch(value), variant)
+        def classify_sketch(sketch, variant):  # the API's parameter names
+            return predict(bundle, from_sketch(sketch), variant)
 
         def live(value, variant):
             """While drawing: the prediction after each stroke; a cleared canvas clears it (no message)."""

@@ -1,14 +1,13 @@
 """Detection: an image and run-time thresholds to the graph, its padded outputs to labelled boxes, and the tab."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serve.bundle import BundleError
-from serve.inputs import InputError
+from serve.inputs import InputError, number
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, number_input
 from serve.tasks.scenes import colours, need_image, scene_input, wire_scene
@@ -25,13 +24,7 @@ class Detection:
 
 def threshold(value: Any, what: str) -> float:
     """A threshold as sent (slider, API) -> a float in [0, 1]; anything else is an InputError naming it."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"the {what} must be a number between 0 and 1, got {str(value)[:40]!r}") from None
-    if math.isnan(v) or not 0 <= v <= 1:
-        raise InputError(f"the {what} must be between 0 and 1, got {v:g}")
-    return v
+    return float(number(value, f"the {what}", lo=0, hi=1))
 
 
 def detect(bundle: Bundle, image: np.ndarray, score: float, iou: float, variant: str = "fp32"
@@ -69,9 +62,9 @@ class DetectTab(TaskTab):
         names = bundle.info["labels"]
         palette = dict(zip(names, colours(len(names))))
 
-        def run(image, score, iou, variant):
-            image = need_image(image)
-            found, line = detect(bundle, image, score, iou, variant)
+        def run(image, score_threshold, iou_threshold, variant):  # the API's parameter names
+            image = need_image(image, bundle)
+            found, line = detect(bundle, image, score_threshold, iou_threshold, variant)
             boxes = [((round(d.box[0]), round(d.box[1]), round(d.box[2]), round(d.box[3])), d.label) for d in found]
             rows = [[d.label, round(d.score, 3), *(round(v, 1) for v in d.box)] for d in found]
             if not found:

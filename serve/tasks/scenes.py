@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.inputs import InputError
+from serve.inputs import InputError, is_blank
 from serve.runtime import Bundle
 from serve.tasks.base import guarded, image_input
 
@@ -26,9 +26,14 @@ def new_scene(bundle: Bundle) -> str:
     return str(random.choice(files))
 
 
-def need_image(image: np.ndarray | None) -> np.ndarray:
+def need_image(image: np.ndarray | None, bundle: Bundle | None = None) -> np.ndarray:
+    """The image to run: an InputError when there is none, or (given the bundle) a size the graph refuses."""
     if image is None:
         raise InputError("no image: upload one or press \"New scene\"")
+    if bundle is not None:
+        bundle.check_image(image)
+    if is_blank(image):
+        raise InputError("the image is blank (one colour): there is nothing in it to find")
     return image
 
 

@@ -42,7 +42,7 @@ class SegmentTab(TaskTab):
         palette = dict(zip(names[1:], colours(len(names) - 1)))
 
         def run(image, variant):
-            image = need_image(image)
+            image = need_image(image, bundle)
             mask, shares, line = segment(bundle, image, variant)
             layers = [(mask == names.index(name), name) for name in shares]
             rows = [[name, round(100 * share, 2)] for name, share in sorted(shares.items(), key=lambda x: -x[1])]

@@ -25,9 +25,9 @@ import numpy as np
 
 from serve.bundle import BundleError
 from serve.kv_cache import CacheSpec, KVCache, pad, past_names, present_name  # noqa: F401 (loop.past_names ...)
-from serve.inputs import InputError
+from serve.inputs import InputError, as_text, echo, number
 from serve.runtime import Bundle
-from serve.tasks.base import TaskTab, choice_input, guarded_stream, number_input
+from serve.tasks.base import TaskTab, choice_input, guarded_stream, number_input, text_input
 
 GRAPH = "model"
 VOCAB = 256
@@ -67,15 +67,15 @@ class Sampling:
     def __post_init__(self):
         t, p = self.temperature, self.top_p
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
-            raise InputError(f"temperature must be a number >= 0 (0: greedy), got {t!r}")
+            raise InputError(f"temperature must be a number >= 0 (0: greedy), got {echo(t)}")
         if not (isinstance(p, (int, float)) and math.isfinite(p) and 0 < p <= 1):
-            raise InputError(f"top_p must be in (0, 1], got {p!r}")
+            raise InputError(f"top_p must be in (0, 1], got {echo(p)}")
         if not (_is_int(self.top_k) and self.top_k >= 0):
-            raise InputError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
+            raise InputError(f"top_k must be an integer >= 0 (0: off), got {echo(self.top_k)}")
         if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
-            raise InputError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise InputError(f"max_new_tokens must be an integer >= 1, got {echo(self.max_new_tokens)}")
         if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed < 2**63):
-            raise InputError(f"seed must be an integer >= 0 (or empty for a random one), got {self.seed!r}")
+            raise InputError(f"seed must be an integer >= 0 (or empty for a random one), got {echo(self.seed)}")
         if any(not isinstance(s, bytes) or not s for s in self.stop):
             raise InputError("stop sequences must be non-empty")
 
@@ -339,23 +339,7 @@ def bits_per_byte(runner: Runner, data: bytes, spec: CacheSpec, batch: int = 8) 
 
 
 def _number(value: Any, name: str, integer: bool = False) -> Any:
-    """A value from the API or the form as a number (a readable InputError otherwise)."""
-    shown = repr(value)[:40]
-    if isinstance(value, bool):
-        raise InputError(f"{name} must be a number, got {shown}")
-    if integer and isinstance(value, (int, np.integer)):  # exact, however large (ranges are checked after)
-        return int(value)
-    try:
-        x = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{name} must be a number, got {shown}") from None
-    if not math.isfinite(x):
-        raise InputError(f"{name} must be a finite number, got {shown}")
-    if integer:
-        if x != int(x):
-            raise InputError(f"{name} must be a whole number, got {shown}")
-        return int(x)
-    return x
+    return number(value, name, integer)
 
 
 def sampling_from(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any, seed: Any,
@@ -391,8 +375,7 @@ class TextTab(TaskTab):
 
         def run(prompt, temperature, top_k, top_p, max_new_tokens, seed, variant):
             """Streams (text so far, status line) as bytes are generated."""
-            if prompt is not None and not isinstance(prompt, str):
-                raise InputError(f"the prompt must be text, got {type(prompt).__name__}")
+            prompt = as_text(prompt, "the prompt")
             sampling = sampling_from(temperature, top_k, top_p, max_new_tokens, seed)
             data, dropped = prepare([prompt or ""], spec.context)
             note = (f"the prompt is longer than the model's context: its first {dropped[0]} bytes were dropped; "
@@ -450,6 +433,7 @@ class TextTab(TaskTab):
             lines = [x for x in examples.read_text(encoding="utf-8").split("\n") if x.strip()][:6]
             gr.Examples(examples=[[x] for x in lines], inputs=[prompt], label="Held-out prompts")
         choice_input(variant, "variant")
+        text_input(prompt, "the prompt")
         for setting in (temperature, top_k, top_p, max_new, seed):
             number_input(setting)
         event = go.click(guarded_stream(run), [prompt, temperature, top_k, top_p, max_new, seed, variant],

@@ -92,8 +92,7 @@ def test_bad_input_is_a_readable_message_and_serving_goes_on(client, app_url, se
     r = httpx.post(app_url + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
     assert r.status_code == 413, r.text[:200]
     # degenerate drawings and a fully transparent upload: an answer or a readable message, never a crash
-    for name, pixels in (("black", np.full((280, 280, 4), [0, 0, 0, 255], np.uint8)),
-                         ("dot", np.zeros((280, 280, 4), np.uint8)), ("border", np.zeros((280, 280, 4), np.uint8))):
+    for name, pixels in (("dot", np.zeros((280, 280, 4), np.uint8)), ("border", np.zeros((280, 280, 4), np.uint8))):
         if name == "dot":
             pixels[140, 140] = [0, 0, 0, 255]
         if name == "border":
@@ -102,8 +101,15 @@ def test_bad_input_is_a_readable_message_and_serving_goes_on(client, app_url, se
         value = {"background": None, "layers": [], "composite": handle_file(str(tmp_path / f"{name}.png"))}
         result, _ = client.predict(value, "fp32", api_name="/classify_sketch")
         assert_same_answer(result, served_bundle, tmp_path / f"{name}.png")
-    result, _ = client.predict(handle_file(str(blank)), "fp32", api_name="/classify")  # transparent: white paper
-    assert_same_answer(result, served_bundle, blank)
+    # blank uploads are said to be blank, as an empty sketch is: transparent (white paper), white, black, grey
+    Image.fromarray(np.full((280, 280, 4), [0, 0, 0, 255], np.uint8)).save(tmp_path / "black.png")
+    Image.new("RGB", (4096, 4096), (255, 255, 255)).save(tmp_path / "white.png")
+    Image.new("L", (300, 200), 128).save(tmp_path / "grey.png")
+    for path in (blank, tmp_path / "black.png", tmp_path / "white.png", tmp_path / "grey.png"):
+        _fails(client, handle_file(str(path)), "fp32", api_name="/classify", match="the image is blank")
+    Image.new("L", (1, 1), 0).save(tmp_path / "tiny.png")  # the graph's size limits, in the upload check's words
+    _fails(client, handle_file(str(tmp_path / "tiny.png")), "fp32", api_name="/classify",
+           match="the image is 1x1 pixels; each side must be between 8 and 4096")
     # the server still answers
     ink = np.full((280, 280, 4), 0, np.uint8)
     ink[60:220, 130:150] = [0, 0, 0, 255]
@@ -111,6 +117,28 @@ def test_bad_input_is_a_readable_message_and_serving_goes_on(client, app_url, se
     result, _ = client.predict({"background": None, "layers": [], "composite": handle_file(str(tmp_path / "one.png"))},
                                "fp32", api_name="/classify_sketch")
     assert_same_answer(result, served_bundle, tmp_path / "one.png")
+
+
+def test_named_parameters_and_malformed_requests_are_messages(client, app_url, served_bundle):
+    """gradio_client keyword calls work; over plain HTTP, a request that Gradio itself cannot process (a
+    file never uploaded, too few values) is one readable message, never {"error": null}."""
+    import json
+
+    from tests.conftest import http_call
+
+    example = served_bundle / json.loads((served_bundle / "manifest.json").read_text())["examples"][0]
+    result, _ = client.predict(image=handle_file(str(example)), variant="fp32", api_name="/classify")
+    assert result == client.predict(handle_file(str(example)), "fp32", api_name="/classify")[0]
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(example))}
+    assert client.predict(sketch=sketch, variant="fp32", api_name="/classify_sketch")[0]["label"] == result["label"]
+    never = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
+    for data in ([never, "fp32"], [{"path": "data:image/png;base64,iVBORw0KGgo=", "meta": {"_type": "gradio.FileData"}},
+                                   "fp32"]):
+        event, message = http_call(app_url, "classify", data)
+        assert event == "error" and message.startswith("a file in the request was never uploaded"), message
+    assert http_call(app_url, "classify", [None]) == ("error", "/classify takes 2 values (image, variant); got 1")
+    assert http_call(app_url, "classify_sketch", []) == ("error", "/classify_sketch takes 2 values (sketch, variant); "
+                                                                  "got 0")
 
 
 def assert_same_answer(result: dict, bundle_dir, image_file) -> None:
