@@ -6,6 +6,9 @@ its peak during the case and what stays afterwards, with what each client got ba
 
 Cases: a 120 KB PNG declaring 10,000 x 10,000 pixels sent as a sketch (refused from its header),
 a 4,000 x 4,000 grey PNG and a 4,096 x 4,096 RGBA PNG uploaded (accepted: the largest allowed).
+Then, with ``--variants`` (default on), a 2,048 x 2,048 image sent to every image task present
+(classify, detect, segment) on every variant the server offers, first alone, then from 4 clients at
+once; and the resident memory after an idle pause at the end, beside the idle size at the start.
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("artifacts", nargs="?", default=str(ROOT / "artifacts"))
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--no-variants", dest="variants", action="store_false",
+                   help="skip the 2,048 x 2,048 request to every variant of every image task")
     args = p.parse_args()
     from gradio_client import Client, handle_file
 
@@ -62,7 +67,8 @@ def main() -> None:
                             env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)})
     try:
         wait_ready(url, proc)
-        print(f"idle: {rss_mb(proc.pid)} MB")
+        idle = rss_mb(proc.pid)
+        print(f"idle: {idle} MB")
         print("| case | clients | peak MB | after MB | answers |\n| --- | ---: | ---: | ---: | --- |")
         cases = (("huge.png", "/classify_sketch"), ("grey4000.png", "/classify"), ("rgba4096.png", "/classify"))
         for name, api in cases:
@@ -92,9 +98,60 @@ def main() -> None:
             watcher.join()
             shown = ", ".join(sorted(set(answers)))
             print(f"| {name} via {api} | {args.clients} | {peak[0]} | {rss_mb(proc.pid)} | {shown} |", flush=True)
+        if args.variants:
+            every_variant(url, proc, Path(args.artifacts), tmp)
+            time.sleep(5.0)
+            print(f"\nafter an idle pause: {rss_mb(proc.pid)} MB ({rss_mb(proc.pid) - idle:+d} MB over idle)")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def every_variant(url: str, proc: subprocess.Popen, artifacts: Path, tmp: Path) -> None:
+    """A 2,048 x 2,048 image to every variant of every image task the server runs, alone then 4 at once."""
+    from gradio_client import Client, handle_file
+
+    sys.path.insert(0, str(ROOT))
+    from serve.discover import find_bundles
+
+    rng = np.random.default_rng(0)
+    scene = np.kron(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), np.ones((32, 32, 1), np.uint8))  # 2048^2
+    path = tmp / "scene2048.png"
+    path.write_bytes(png(Image.fromarray(scene)))
+    apis = {"classify": ("/classify", ()), "detect": ("/detect", (0.4, 0.45)), "segment": ("/segment", ())}
+    bundles, _ = find_bundles(artifacts)
+    print("\n| task | variant | clients | peak MB | after MB | seconds | answer |\n| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for task, (api, settings) in apis.items():
+        if task not in bundles:
+            continue
+        for variant in bundles[task].variants():
+            for clients in (1, 4):
+                peak, stop, answers = [rss_mb(proc.pid)], [False], []
+
+                def watch():
+                    while not stop[0]:
+                        peak[0] = max(peak[0], rss_mb(proc.pid))
+                        time.sleep(0.02)
+
+                def one():
+                    try:
+                        out = Client(url, verbose=False).predict(handle_file(str(path)), *settings, variant, api_name=api)
+                        answers.append("ok" if out else "empty")
+                    except Exception as e:  # noqa: BLE001 - what the client was told is the result
+                        answers.append(str(e)[:80])
+
+                watcher = threading.Thread(target=watch)
+                watcher.start()
+                t0 = time.perf_counter()
+                threads = [threading.Thread(target=one) for _ in range(clients)]
+                [t.start() for t in threads]
+                [t.join() for t in threads]
+                seconds = time.perf_counter() - t0
+                time.sleep(1.0)
+                stop[0] = True
+                watcher.join()
+                print(f"| {task} | {variant} | {clients} | {peak[0]} | {rss_mb(proc.pid)} | {seconds:.1f} | "
+                      f"{', '.join(sorted(set(answers)))} |", flush=True)
 
 
 if __name__ == "__main__":
