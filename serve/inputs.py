@@ -32,6 +32,7 @@ Source = Union[str, Path, bytes, bytearray, memoryview]
 
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
 DAMAGED = "the image file is damaged or truncated; it cannot be decoded"
+UNSUPPORTED = {"EPS": "EPS (PostScript)", "PDF": "PDF"}  # Pillow formats whose decoding needs an outside program
 # 16- and 32-bit samples (I;16, I, F) are scaled by the range their values use: the nominal range
 # of a mode says nothing reliable (Pillow itself converts L to I or I;16 keeping 0..255)
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -233,7 +234,8 @@ def decode_data_url(url: str, limits: Limits | None = None) -> bytes:
     """The bytes of a ``data:<type>;base64,<data>`` URL (how some clients send files inline)."""
     limits = limits or LIMITS
     if len(url) > limits.max_data_url:
-        raise InputError(f"the inline file is {len(url) >> 20} MB; at most {limits.max_data_url >> 20} MB")
+        raise InputError(f"the inline file is {len(url) / (1 << 20):.1f} MB of text; at most "
+                         f"{limits.max_data_url / (1 << 20):.1f} MB (upload larger files instead)")
     head, sep, data = url.partition(",")
     if not sep or not head.startswith("data:") or not head.endswith(";base64"):
         raise InputError("an inline file must be a base64 data: URL")
@@ -263,6 +265,8 @@ def _open(source: Source, limits: Limits) -> Iterator[Any]:
     except Exception:  # noqa: BLE001 - not an image, or a header parser tripping over hostile bytes
         raise InputError(NOT_AN_IMAGE) from None
     with im:
+        if im.format in UNSUPPORTED:  # Pillow reads their header, but decoding needs a program (Ghostscript)
+            raise InputError(f"{UNSUPPORTED[im.format]} files are not supported; save the image as PNG or JPEG")
         yield im
 
 

@@ -87,10 +87,15 @@ def test_the_limit_is_one_setting(monkeypatch):
 @pytest.mark.parametrize("data, match", [
     (b"", "not an image"), (b"plain text, not a picture", "not an image"),
     (encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)))[:20000], "damaged"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 10 10 moveto 90 90 lineto stroke\n%%EOF\n",
+     r"^EPS \(PostScript\) files are not supported; save the image as PNG or JPEG$"),
 ])
 def test_unusable_bytes(data, match):
     with pytest.raises(InputError, match=match):
         decode_image(data)
+    if match != "damaged":  # the upload check says the same from the header (a cut file's header reads fine)
+        with pytest.raises(InputError, match=match):
+            image_size(data)
 
 
 def test_paths_and_odd_sources(tmp_path):
@@ -112,6 +117,10 @@ def test_data_urls():
     for bad in ("data:image/png,abc", "http://x/y.png", "data:image/png;base64,@@@"):
         with pytest.raises(InputError):
             decode_data_url(bad)
+    # just over the limit: the two sizes differ where a rounded "16 MB; at most 16 MB" did not
+    over = "data:image/png;base64," + "A" * (LIMITS.max_data_url + (1 << 19))
+    with pytest.raises(InputError, match=r"^the inline file is 16\.5 MB of text; at most 16\.0 MB"):
+        decode_data_url(over)
 
 
 # -- properties: whatever the bytes, an array of the right shape or one InputError ---------------
