@@ -176,13 +176,17 @@ def judge_serving(run: Run, bundle: Bundle, cases: list[dict[str, Any]], fallbac
     then runs ``fallback`` (the fastest accepted single variant) on every call. ``metrics`` are always
     those of what is served."""
     columns = metric_columns(run.manifest)
+
+    def metrics_of(variant: str) -> dict[str, Any]:  # a judged variant's own figures
+        entry = run.manifest["variants"].get(variant, {})
+        return {key: entry.get(key) for _, key in columns}
+
     chosen = sorted({c["variant"] for c in cases})
     serving: dict[str, Any] = {"cases": cases, "fallback": fallback, "status": "accepted", "reason": None}
     if cpu is not None:
         serving["cpu"] = cpu
     if len(chosen) <= 1:
-        entry = run.manifest["variants"].get(chosen[0] if chosen else fallback, {})
-        serving["metrics"] = {key: entry.get(key) for _, key in columns}
+        serving["metrics"] = metrics_of(chosen[0] if chosen else fallback)
         return serving
     choice = ServingChoice([(c["axes"], c["variant"]) for c in cases], fallback, bundle.variants())
     runners = {g: bundle.served(g, functools.partial(run.task.call_axes, g), choice) for g in run.graphs}
@@ -190,9 +194,7 @@ def judge_serving(run: Run, bundle: Bundle, cases: list[dict[str, Any]], fallbac
     status, reason = run.judge(scores)
     mix = {key: scores.get(key) for _, key in columns}
     serving.update(status=status, reason=reason, mix_metrics=mix)
-    # ``metrics``: what is served: the mix when accepted, else the fallback (a judged variant itself)
-    fallen = run.manifest["variants"].get(fallback, {})
-    serving["metrics"] = mix if status == "accepted" else {key: fallen.get(key) for _, key in columns}
+    serving["metrics"] = mix if status == "accepted" else metrics_of(fallback)  # what is served
     used = {v: sum(r.used.get(v, 0) for r in runners.values()) for v in chosen}
     shown = ", ".join(f"{k} {shown_value(v)}" for k, v in mix.items())
     print(f"served per call ({', '.join(f'{v} {n} calls' for v, n in used.items())}): {shown}: {status}"

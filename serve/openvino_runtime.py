@@ -61,10 +61,10 @@ class OpenVinoSession:
         once the compiled model goes). Small calls keep their compiled model and infer request."""
         if release:
             compiled = self._compile()
-            results = compiled.create_infer_request().infer(feeds)
-            return {name: np.array(results[out]) for name, out in zip(self.output_names, compiled.outputs)}
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = compiled.create_infer_request()
+        else:
+            compiled, request = self.compiled, getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = compiled.create_infer_request()
         results = request.infer(feeds)
-        return {name: np.array(results[out]) for name, out in zip(self.output_names, self.compiled.outputs)}
+        return {name: np.array(results[out]) for name, out in zip(self.output_names, compiled.outputs)}

@@ -44,6 +44,19 @@ def releases(feeds: Feeds) -> bool:
     return sum(v.nbytes for v in feeds.values() if isinstance(v, np.ndarray) and v.dtype == np.uint8) > ARENA_KEEP_BYTES
 
 
+def _session_options(spin: bool, threads: int, arena: bool) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # a server runs many small requests side by side: idle ORT threads sleep rather than spin.
+    # ``spin``: they spin (ORT's own default, and what torch's OpenMP threads do), waking at once
+    # for the next operator: lower latency for one request at a time, a busy core when idle
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    opts.enable_cpu_mem_arena = arena
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 class OrtSession:
     """An ONNX Runtime session on the preferred available providers, called with named inputs."""
 
@@ -51,12 +64,6 @@ class OrtSession:
                  name: str = "the graph", spin: bool = False):
         available = ort.get_available_providers()
         asked = providers or [p for p in PREFERRED if p in available]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # a server runs many small requests side by side: idle ORT threads sleep rather than spin.
-        # ``spin``: they spin (ORT's own default, and what torch's OpenMP threads do), waking at once
-        # for the next operator: lower latency for one request at a time, a busy core when idle
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         # the CPU arena on: ORT reuses its buffers from one call to the next instead of asking the
         # system for them each time (measured: without it the quick U-Net ran 1.4x slower at batch 32,
         # the detector 1.5x). A call given ``release=True`` (a large upload: see ARENA_KEEP_BYTES) runs on
@@ -64,15 +71,13 @@ class OrtSession:
         # memory goes back to the system when it ends: arena shrinkage alone left 540 MB of one 2048x2048
         # call on the ORT-optimized smoke U-Net (609 vs 129 MB after the call; 2.7 GB after four),
         # for 1.6x the time of that call (1.03 vs 0.66 s)
-        opts.enable_cpu_mem_arena = True
-        if threads:
-            opts.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)
+        self._session = lambda arena: ort.InferenceSession(source, _session_options(spin, threads, arena),
+                                                           providers=asked)
         try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=asked)
+            self.session = self._session(True)
         except Exception as e:  # noqa: BLE001
             raise BundleError(f"{name} cannot be loaded by onnxruntime: {first_line(e, 300)}") from None
-        self._lean_args = (source, spin, threads, asked)
         self._lean: ort.InferenceSession | None = None
         self._lean_lock = threading.Lock()
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -90,14 +95,7 @@ class OrtSession:
     def _lean_session(self) -> ort.InferenceSession:
         with self._lean_lock:
             if self._lean is None:
-                source, spin, threads, asked = self._lean_args
-                opts = ort.SessionOptions()
-                opts.log_severity_level = 3
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-                opts.enable_cpu_mem_arena = False  # memory patterns stay on: without them 1.7x slower
-                if threads:
-                    opts.intra_op_num_threads = threads
-                self._lean = ort.InferenceSession(source, sess_options=opts, providers=asked)
+                self._lean = self._session(False)  # memory patterns stay on: without them 1.7x slower
             return self._lean
 
 
@@ -284,8 +282,7 @@ class Bundle:
                choice: "ServingChoice | None" = None) -> "ServedRunner":
         """A runner of ``graph`` that runs each call on the serving choice for that call (the bundle's,
         or ``choice``): the call's batch size, and what ``axes(feeds)`` says of it (text: phase and context)."""
-        return ServedRunner(self, graph, axes or (lambda feeds: {"batch": self.batch_of(feeds, graph)}),
-                            choice or self.serving_variant)
+        return ServedRunner(self, graph, axes, choice or self.serving_variant)
 
     @property
     def default_variant(self) -> str:
@@ -302,8 +299,7 @@ class Bundle:
             return
         (_, h_lo, h_hi), (_, w_lo, w_hi) = spec[1], spec[2]
         h, w = image.shape[:2]
-        lo = max(x for x in (h_lo, w_lo) if x is not None) if (h_lo or w_lo) else 1
-        hi = min(x for x in (h_hi, w_hi) if x is not None) if (h_hi or w_hi) else 1 << 30
+        lo, hi = max(h_lo or 1, w_lo or 1), min(h_hi or 1 << 30, w_hi or 1 << 30)
         if not (lo <= h <= hi and lo <= w <= hi):
             raise InputError(f"the image is {w}x{h} pixels; each side must be between {lo} and {hi}")
 
@@ -447,13 +443,13 @@ class ServedRunner:
     """Runs each call of one graph on the variant serving picks for it (:meth:`Bundle.served`);
     ``used`` counts the calls per variant, for status lines."""
 
-    def __init__(self, bundle: Bundle, graph: str, axes: Callable[[Feeds], dict[str, int | str]],
+    def __init__(self, bundle: Bundle, graph: str, axes: Callable[[Feeds], dict[str, int | str] | None] | None,
                  choice: Callable[..., str]):
         self.bundle, self.graph, self.axes, self.choice = bundle, graph, axes, choice
         self.used: dict[str, int] = {}
 
     def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        call = self.axes(feeds) or {"batch": self.bundle.batch_of(feeds, self.graph)}
+        call = (self.axes and self.axes(feeds)) or {"batch": self.bundle.batch_of(feeds, self.graph)}
         variant = self.choice(**call)
         self.used[variant] = self.used.get(variant, 0) + 1
         return self.bundle.session(self.graph, variant)(feeds)

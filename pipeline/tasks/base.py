@@ -13,8 +13,8 @@ checked for unknown keys and types.
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Literal
 

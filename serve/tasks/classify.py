@@ -15,10 +15,15 @@ NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF
 UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
 
+def has_ink(image: np.ndarray) -> bool:
+    """uint8 (H, W, C): some pixel darker than paper by more than INK_THRESHOLD."""
+    return bool((image.min(axis=-1) < 255 - INK_THRESHOLD).any())
+
+
 def need_ink(image: np.ndarray) -> np.ndarray:
     """An uploaded image with something on it: a blank one (one colour, or paper with no ink) is said to
     be blank, as an empty sketch is, rather than read as a digit."""
-    if is_blank(image) or not (image.min(axis=-1) < 255 - INK_THRESHOLD).any():
+    if is_blank(image) or not has_ink(image):
         raise InputError("the image is blank: there is no drawing or digit on it to read")
     return image
 
@@ -28,7 +33,7 @@ def from_sketch(value: Any) -> np.ndarray:
     hands it over, or the array itself) -> the canvas as drawn: the graph itself crops to the ink
     and centres it, as for any app that embeds ``model.onnx``. A sketch without ink is an InputError."""
     image = value.get("composite") if isinstance(value, dict) else value
-    if image is None or not (image.min(axis=-1) < 255 - INK_THRESHOLD).any():
+    if image is None or not has_ink(image):
         raise InputError("the sketch is empty: draw a digit first")
     return image
 

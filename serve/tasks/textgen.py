@@ -134,8 +134,8 @@ def left_pad(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 class Decoder:
     """One batch's state over the graph: the bytes of each row, the prompt's ids (left-padded), the
-    attention mask over everything read so far, and the KV cache. ``prefill`` reads prompts (left-padded), ``step`` feeds one byte per row;
-    each returns the next-byte logits. With ``use_cache=False`` every call re-reads the whole sequence
+    attention mask over everything read so far, and the KV cache. ``prefill`` reads prompts, ``step``
+    feeds one byte per row; each returns the next-byte logits. With ``use_cache=False`` every call re-reads the whole sequence
     with an empty cache (the reference and the benchmark's "without cache" rows). ``snapshot`` and
     ``restore`` put the state back, so a benchmark can time the same step again."""
 
@@ -338,20 +338,16 @@ def bits_per_byte(runner: Runner, data: bytes, spec: CacheSpec, batch: int = 8) 
 # The tab
 
 
-def _number(value: Any, name: str, integer: bool = False) -> Any:
-    return number(value, name, integer)
-
-
 def sampling_from(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any, seed: Any,
                   limit: int = MAX_NEW_TOKENS, stop: tuple[bytes, ...] = ()) -> Sampling:
     """The tab's (or API's) raw values -> Sampling, each checked with a readable message; max new
     tokens above the server's ``limit`` is refused (not clamped: the caller asked for more)."""
-    new = _number(max_new_tokens, "max new tokens", integer=True)
+    new = number(max_new_tokens, "max new tokens", integer=True)
     if new > limit:
         raise InputError(f"max new tokens {new} is over this server's limit of {limit}")
-    seed_value = None if seed in (None, "", -1, "-1") else _number(seed, "seed", integer=True)
-    return Sampling(temperature=_number(temperature, "temperature"), top_k=_number(top_k, "top_k", integer=True),
-                    top_p=_number(top_p, "top_p"), max_new_tokens=new, seed=seed_value, stop=stop)
+    seed_value = None if seed in (None, "", -1, "-1") else number(seed, "seed", integer=True)
+    return Sampling(temperature=number(temperature, "temperature"), top_k=number(top_k, "top_k", integer=True),
+                    top_p=number(top_p, "top_p"), max_new_tokens=new, seed=seed_value, stop=stop)
 
 
 class TextTab(TaskTab):
