@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spin", action="store_true",
                    help="ONNX Runtime's idle threads spin instead of sleeping: lower latency for one user at a "
                         "time (measured: 20-25%% at batch 1), a busy core while idle")
+    p.add_argument("--keep-variants", type=int, default=2, metavar="N",
+                   help="variants of a model kept loaded beyond the ones served by default, least recently "
+                        "used dropped first (default: 2; the served ones load at start, others on first use)")
     p.add_argument("--max-upload", default="10mb", help="largest upload file (default: 10mb)")
     p.add_argument("--max-side", type=_positive, default=LIMITS.max_side,
                    help=f"largest image side in pixels, checked before decoding (default: {LIMITS.max_side})")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve.app import MAKE_ONE, build_app
     from serve.discover import find_bundles
 
-    bundles, problems = find_bundles(args.artifacts, args.run or None, spin=args.spin)
+    bundles, problems = find_bundles(args.artifacts, args.run or None, spin=args.spin, keep=max(0, args.keep_variants))
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     for task, b in list(bundles.items()):

@@ -9,10 +9,11 @@ from serve.runtime import Bundle
 from serve.tasks import TABS
 
 
-def find_bundles(root: str | Path, runs: list[str] | None = None, spin: bool = False
+def find_bundles(root: str | Path, runs: list[str] | None = None, spin: bool = False, keep: int = 2
                  ) -> tuple[dict[str, Bundle], list[str]]:
     """The newest bundle per task (or the named ``runs``), and one line per bundle that could not be
-    used; ``spin``: their ORT sessions' idle threads spin (:class:`serve.runtime.OrtSession`)."""
+    used; ``spin``: their ORT sessions' idle threads spin (:class:`serve.runtime.OrtSession`);
+    ``keep``: variants kept loaded beyond the served ones (:attr:`serve.runtime.Bundle.keep`)."""
     root = Path(root)
     problems: list[str] = []
     chosen: dict[str, Bundle] = {}
@@ -27,7 +28,7 @@ def find_bundles(root: str | Path, runs: list[str] | None = None, spin: bool = F
         if task in chosen:
             continue
         try:
-            bundle = Bundle.open(run_dir, spin=spin)
+            bundle = Bundle.open(run_dir, spin=spin, keep=keep)
             if bundle.task != task:
                 raise BundleError(f"{run_dir}: a {bundle.task!r} bundle in the {task!r} folder; move it to "
                                   f"{root / bundle.task}")

@@ -8,7 +8,9 @@
   runs is reported, with a warning when a GPU was asked for and not used;
 - inputs (and outputs) are checked against each graph's I/O spec by a check compiled once per
   graph, so a decode loop's hundreds of calls pay microseconds each;
-- sessions are built once per (graph, variant) and reused across requests (ORT's run is thread-safe).
+- sessions are built once per (graph, variant) and reused across requests (ORT's run is thread-safe);
+  the variants serving picks are loaded at start, any other one on first use, and at most
+  ``Bundle.keep`` of those stay loaded (the least recently used is dropped).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import math
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -192,19 +195,23 @@ class Bundle:
     checks: dict[str, IOCheck] = field(default_factory=dict, repr=False)  # graph -> compiled I/O check
     threads: int = 0  # ORT intra-op threads; 0: all cores
     spin: bool = False  # ORT's idle threads spin (lower latency, one request at a time) instead of sleeping
-    _sessions: dict[tuple[str, str], CheckedRunner] = field(default_factory=dict, repr=False)
+    # variants kept loaded beyond the ones serving picks (those always stay): a user who tries every
+    # variant of a U-Net would otherwise keep six copies of it and their working memory
+    keep: int = 2
+    # (graph, variant) -> runner, least recently used first
+    _sessions: OrderedDict[tuple[str, str], CheckedRunner] = field(default_factory=OrderedDict, repr=False)
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _table: tuple | None = field(default=None, repr=False)  # _serving_choice()
 
     @classmethod
-    def open(cls, path: str | Path, threads: int = 0, spin: bool = False) -> "Bundle":
+    def open(cls, path: str | Path, threads: int = 0, spin: bool = False, keep: int = 2) -> "Bundle":
         """Read and check the manifest; files are checked for presence and size here, and hashed
         when first opened (:meth:`session`, :meth:`file`)."""
         path = Path(path)
         manifest = read_manifest(path)
         check_graphs(manifest, str(path))
-        bundle = cls(path, manifest, threads=threads, spin=spin)
+        bundle = cls(path, manifest, threads=threads, spin=spin, keep=keep)
         for name, entry in manifest["files"].items():
             p = path / name
             if not p.is_file():
@@ -284,6 +291,10 @@ class Bundle:
         or ``choice``): the call's batch size, and what ``axes(feeds)`` says of it (text: phase and context)."""
         return ServedRunner(self, graph, axes, choice or self.serving_variant)
 
+    def served_variants(self) -> list[str]:
+        """The variants serving picks from (its cases and fallback) among those usable here."""
+        return self._serving_choice().variants
+
     @property
     def default_variant(self) -> str:
         """What the app runs (one input at a time) unless the user picks another: ``serving_variant(1)``."""
@@ -339,6 +350,9 @@ class Bundle:
         """The (cached) checked runner of ``graph`` in ``variant``: an ORT session or a TensorRT engine."""
         key = (graph, variant)
         if (cached := self._sessions.get(key)) is not None:
+            with self._lock:
+                if key in self._sessions:
+                    self._sessions.move_to_end(key)
             return cached
         if variant not in self.variants():
             damaged = [f"{f} {self.bad_files[f]}" for f in graph_files(self.manifest, variant).values()
@@ -359,18 +373,34 @@ class Bundle:
             raise
         runner = CheckedRunner(session, self.checks[graph], name)
         with self._lock:
-            return self._sessions.setdefault(key, runner)
+            runner = self._sessions.setdefault(key, runner)
+            self._sessions.move_to_end(key)
+            self._evict()
+        return runner
+
+    def _evict(self) -> None:
+        """Drop the sessions of the least recently used variants beyond ``keep`` among those serving does
+        not pick (a call running on one keeps it alive until it returns). Called under ``_lock``."""
+        pinned = set(self._serving_choice().variants)
+        recent: list[str] = []  # unpinned variants, most recently used first
+        for _, variant in reversed(self._sessions):
+            if variant not in pinned and variant not in recent:
+                recent.append(variant)
+        for variant in recent[self.keep:]:
+            for key in [k for k in self._sessions if k[1] == variant]:
+                del self._sessions[key]
 
     def runners(self, variant: str = "fp32") -> dict[str, CheckedRunner]:
         """{graph: runner} of one variant: what a task's serve loop runs over."""
         return {g: self.session(g, variant) for g in self.graphs}
 
-    def warm_up(self) -> dict[str, str]:
-        """Build every usable variant's sessions now, so the first request does not pay for it.
+    def warm_up(self, variants: list[str] | None = None) -> dict[str, str]:
+        """Build the sessions of ``variants`` now (default: those serving picks), so the first request
+        does not pay for it; other variants load on first use.
 
         Returns the variants that could not be loaded, with why (they stay unavailable)."""
         failed = {}
-        for variant in self.variants():
+        for variant in self.served_variants() if variants is None else variants:
             try:
                 self.runners(variant)
             except BundleError as e:
@@ -417,6 +447,8 @@ class ServingChoice:
         self.cases = [(_log_sizes(axes), v) for axes, v in cases if usable is None or v in usable]
         self.fallback = fallback
         self.memo: dict[tuple, str] = {}
+        # every variant a call can get, fallback first
+        self.variants = list(dict.fromkeys([fallback, *(v for _, v in self.cases)]))
 
     def __call__(self, batch: int = 1, **call: int | float | str) -> str:
         key = (batch, *sorted(call.items()))

@@ -18,7 +18,7 @@ def test_a_registered_task_runs_end_to_end(name, smoke_bundles):
     assert m["variants"]["fp32"]["status"] == "accepted" and set(m["parity"]) >= {"test"}
     assert all(entry["status"] in ("accepted", "rejected", "failed") and (entry["status"] == "accepted") == (
         entry.get("reason") is None) for entry in m["variants"].values()), m["variants"]
-    assert bundle.warm_up() == {}  # every usable variant's sessions load here
+    assert bundle.warm_up(bundle.variants()) == {}  # every usable variant's sessions load here
     metric = m["metric"]
     serving = bundle.serving
     assert serving.cases and serving.status == "accepted", serving

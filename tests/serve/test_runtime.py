@@ -56,7 +56,7 @@ def test_altered_file_is_never_loaded(bundle_copy, how):
     data = path.read_bytes()
     path.write_bytes(data[:100] if how == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
     b = Bundle.open(bundle_copy)  # sizes are checked here; contents when a session is opened
-    failed = b.warm_up()
+    failed = b.warm_up(b.variants())
     assert ("int8" in failed) == (how == "altered") and "sha256" in failed.get("int8", "sha256")
     assert "model.int8.onnx" in b.bad_files and "int8" not in b.variants()
     with pytest.raises(BundleError, match="'int8' is not available"):
@@ -161,10 +161,29 @@ def test_manifest_is_what_serving_expects(bundle_copy):
     assert m["examples"] and all(name in m["files"] for name in m["examples"])
 
 
-def test_warm_up_builds_every_usable_session(bundle_copy):
+def test_warm_up_builds_the_served_sessions_and_others_load_on_first_use(bundle_copy):
     b = Bundle.open(bundle_copy)
     assert b.warm_up() == {}
-    assert set(b._sessions) == {("model", v) for v in b.variants()}
+    assert set(b._sessions) == {("model", v) for v in b.served_variants()}
+    assert b.serving_variant(1) in b.served_variants() and b.serving_variant(32) in b.served_variants()
+    others = [v for v in b.variants() if v not in b.served_variants()]
+    assert others, "the smoke bundle has variants serving does not pick"
+    b.session("model", others[0])
+    assert ("model", others[0]) in b._sessions
+
+
+def test_unserved_variants_beyond_keep_are_dropped_least_recently_used_first(bundle_copy):
+    b = Bundle.open(bundle_copy, keep=1)
+    others = [v for v in b.variants() if v not in b.served_variants()]
+    assert len(others) >= 2
+    assert b.warm_up(b.variants()) == {}  # each loads (and is checked) once
+    loaded = {v for _, v in b._sessions}
+    assert loaded == set(b.served_variants()) | {others[-1]}, loaded
+    runner = b.session("model", others[0])  # used now: the other unserved one goes
+    b.session("model", b.served_variants()[0])
+    assert {v for _, v in b._sessions} == set(b.served_variants()) | {others[0]}
+    assert b.session("model", others[0]) is runner  # still the same session
+    assert Bundle.open(bundle_copy, keep=0).warm_up(b.variants()) == {}
     (bundle_copy / "model.fp16.onnx").write_bytes(b"changed after opening")
     b2 = Bundle.open(bundle_copy)
     assert "fp16" not in b2.variants() and b2.warm_up() == {}
@@ -182,7 +201,7 @@ def test_a_variant_that_cannot_be_loaded_is_no_longer_offered(bundle_copy, monke
         return real(data, threads=threads, name=name, spin=spin)
 
     monkeypatch.setattr(serve.runtime, "OrtSession", refuse_fp16)
-    assert "cannot be loaded" in b.warm_up()["fp16"]
+    assert "cannot be loaded" in b.warm_up(b.variants())["fp16"]
     assert "fp16" not in b.variants() and "fp32" in b.variants()
     with pytest.raises(BundleError, match="'fp16' is not available .*not on this machine"):
         b.session("model", "fp16")
