@@ -3,7 +3,9 @@ for the app, the pipeline and anyone embedding the runtime.
 
 - images: uploads, sketch layers and composites, examples, training folders -> :func:`decode_image`
 - command lines (``python -m pipeline``, ``python -m serve``) -> :class:`ArgumentParser`
-- (audio, text prompts and generation settings get their function here when their tasks land)
+- audio: uploads, microphone recordings, user data folders -> :func:`decode_audio` (mono float32 at
+  the model's rate, any channel count, sample format and rate converted here, torch-free)
+- numbers and text of every tab -> :func:`number`, :func:`as_text`
 
 Everything that cannot be used is an :class:`InputError` with a message meant for people; nothing
 else escapes, whatever the bytes. Sizes are checked from the file's header before any pixel is
@@ -110,11 +112,13 @@ class Limits:
     max_side: int = 4096  # pixels, the longer side of any image (4096^2 RGB is 50 MB decoded)
     max_layers: int = 16  # images in one sketch value (background, layers, composite)
     max_data_url: int = 16 << 20  # characters of a base64 ``data:`` URL (decoded: 3/4 of it)
-    # decoded and in a model across all requests (see PixelBudget): two 2048x2048 images at once, or one
-    # larger alone. Measured on the smoke U-Net: four 2048x2048 calls at once peaked at 2.9 GB on ORT fp32
-    # and 5.3 GB on OpenVINO, two at a time stays under 3 GB
-    pixels_at_once: int = 2 * 2048 * 2048
+    # decoded and in a model across all requests (see PixelBudget): one 2048x2048 image at a time (a larger
+    # one alone), hundreds of sketches. Measured on the quick U-Net (benchmarks/serve_memory.py): four
+    # 2048x2048 calls sent at once peaked at 2.5-3.9 GB with two let through together, one 2048x2048 call
+    # alone at 1.1-2.1 GB, whichever variant
+    pixels_at_once: int = 2048 * 2048
     wait_seconds: float = 60.0  # how long a request waits for that budget before it is refused
+    max_audio_seconds: float = 300.0  # the longest audio one request may send (checked from the header)
 
 
 LIMITS = Limits()
@@ -319,3 +323,98 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+
+NOT_AUDIO = "that file is not audio this app can read (WAV, FLAC, OGG, MP3)"
+AUDIO_DAMAGED = "the audio file is damaged or truncated; it cannot be decoded"
+
+
+def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """float32 (L,) from ``rate`` to ``target`` Hz: soxr (high quality) where installed, else scipy's
+    polyphase filter."""
+    if rate == target or not len(wave):
+        return wave.astype(np.float32, copy=False)
+    try:
+        import soxr
+
+        return soxr.resample(wave.astype(np.float32, copy=False), rate, target).astype(np.float32, copy=False)
+    except ImportError:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(rate), int(target))
+        return resample_poly(wave, target // g, rate // g).astype(np.float32)
+
+
+def _as_float(samples: np.ndarray) -> np.ndarray:
+    """Any sample format -> float32 in [-1, 1]: integers by their type's range (uint8 centred on 128),
+    floats as they are, clipped."""
+    a = np.asarray(samples)
+    if a.dtype.kind == "u":
+        half = float(np.iinfo(a.dtype).max + 1) / 2
+        return ((a.astype(np.float64) - half) / half).astype(np.float32)
+    if a.dtype.kind == "i":
+        return (a.astype(np.float64) / float(-np.iinfo(a.dtype).min)).astype(np.float32)
+    if a.dtype.kind == "f":
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise InputError("the audio holds NaN or infinite samples; it cannot be transcribed")
+        return np.clip(a, -1.0, 1.0)
+    raise InputError(f"audio samples of type {a.dtype} are not supported")
+
+
+def decode_audio(source: Any, rate: int = 16000, limits: Limits | None = None) -> np.ndarray:
+    """Audio as mono float32 (L,) at ``rate`` Hz: a file (a path or its bytes: WAV, FLAC, OGG, MP3 by
+    libsndfile) or Gradio's ``(sample rate, samples)`` pair, samples (L,) or (L, channels) of any
+    integer or float type. Channels are averaged, the rate converted (:func:`resample`). Too long
+    (checked from the header), not audio, damaged, NaN samples: an InputError; 0 samples is an
+    InputError too (silence is not: that is for the model to hear)."""
+    limits = limits or LIMITS
+    if isinstance(source, tuple) and len(source) == 2:
+        sr, samples = source
+        sr = number(sr, "sample rate", integer=True, lo=1000, hi=384000)
+        samples = np.asarray(samples)
+        if samples.ndim not in (1, 2) or samples.dtype.kind not in "uif":
+            raise InputError(f"audio samples must be a (samples,) or (samples, channels) array of numbers, "
+                             f"got {samples.dtype} {samples.shape}")
+        _check_duration(samples.shape[0], sr, limits)
+        wave = _as_float(samples)
+    else:
+        wave, sr = _read_file(source, limits)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1, dtype=np.float32)
+    if not len(wave):
+        raise InputError("the audio is empty (0 samples)")
+    return resample(wave, int(sr), rate)
+
+
+def _check_duration(frames: int, rate: int, limits: Limits) -> None:
+    if frames > limits.max_audio_seconds * rate:
+        raise InputError(f"the audio is {frames / rate:.1f} s long; this server takes at most "
+                         f"{limits.max_audio_seconds:g} s")
+
+
+def _read_file(source: Source, limits: Limits) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    data = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        with sf.SoundFile(data) as f:
+            _check_duration(f.frames, f.samplerate, limits)
+            subtype = f.subtype or ""
+            dtype = "int16" if subtype in ("PCM_16", "PCM_S8", "PCM_U8") else "float32"
+            samples, sr = f.read(dtype=dtype, always_2d=True), f.samplerate
+    except InputError:
+        raise
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError("the audio file was not found") from None
+    except MemoryError:
+        raise InputError("the audio is too large to decode on this server") from None
+    except sf.LibsndfileError as e:
+        text = str(e).lower()
+        raise InputError(AUDIO_DAMAGED if "unexpected end" in text or "truncat" in text else NOT_AUDIO) from None
+    except Exception:  # noqa: BLE001 - every way a hostile or broken file fails means the same to a person
+        raise InputError(AUDIO_DAMAGED) from None
+    return _as_float(samples), int(sr)
