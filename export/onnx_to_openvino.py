@@ -65,6 +65,9 @@ def quantize_nncf(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
             raise ValueError("NNCF static INT8 needs calibration batches")
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=ignored)
     else:
+        # MatMul and Gemm weights only: a convolution's compressed weight gets a scale of rank 3 or 4,
+        # which OpenVINO's own ONNX reader then refuses ("Dequantization scale needs to be a scalar or a vector")
+        ignored = nncf.IgnoredScope(names=exact_nodes(model), types=["Conv", "ConvTranspose"], validate=False)
         quantized = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
     onnx.save_model(quantized, str(dst))
     copy_metadata(src, dst, {"variant": f"openvino-int8-{mode}"})

@@ -16,6 +16,7 @@ from models.resnet import ResNet, ResNetConfig
 from models.ssd import SSD, SSDConfig
 from models.unet import UNet, UNetConfig
 from models.vit import ViT, ViTConfig
+from models.whisper import Whisper, WhisperConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
@@ -25,6 +26,7 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "gpt": (GPTConfig, GPT),
     "ssd": (SSDConfig, SSD),
     "unet": (UNetConfig, UNet),
+    "whisper": (WhisperConfig, Whisper),
 }
 
 

@@ -3,8 +3,8 @@
 A decoder-step graph takes, beside its own inputs, ``past_key_values.{i}.key`` / ``.value`` float32
 (N, H, P, Dh) per layer (P = 0 before the first token: an empty cache) and returns
 ``present.{i}.key`` / ``.value`` (N, H, P + T, Dh) for the T tokens it read (Hugging Face Optimum /
-onnxruntime-genai names). The text GPT and the proof task's encoder-decoder use this module; the
-speech decoder will too.
+onnxruntime-genai names). The text GPT, the proof task's encoder-decoder and the speech decoder
+(its beam search reorders rows: :meth:`KVCache.select`) use this module.
 
 Shapes: N batch, H heads, P cached tokens, T new tokens, Dh head dim, S padded length.
 """
@@ -85,6 +85,11 @@ class KVCache:
     def update(self, outputs: Mapping[str, np.ndarray]) -> None:
         """Take the present keys and values of a call's ``outputs`` (N, H, P + T, Dh) as the cache."""
         self.past = {name: outputs[present_name(name)] for name in self.names}
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep the cache rows ``rows`` (N',) int, in that order (a beam search's surviving parents)."""
+        self.past = {name: np.ascontiguousarray(v[rows]) for name, v in self.past.items()}
+        self.batch = len(rows)
 
     def reset(self, batch: int | None = None) -> None:
         """Empty the cache (for ``batch`` rows, default the same)."""

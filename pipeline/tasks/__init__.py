@@ -6,13 +6,14 @@ Adding a task: its ``models/`` file(s), ``pipeline/tasks/<task>.py`` with a Task
 from __future__ import annotations
 
 from pipeline.errors import PipelineError
+from pipeline.tasks.asr import Asr
 from pipeline.tasks.base import Task, register
 from pipeline.tasks.classify import Classify
 from pipeline.tasks.detect import Detect
 from pipeline.tasks.segment import Segment
 from pipeline.tasks.textgen import TextGen
 
-TASKS: dict[str, Task] = register(Classify, Detect, Segment, TextGen)
+TASKS: dict[str, Task] = register(Classify, Detect, Segment, TextGen, Asr)
 
 
 def get_task(name: str) -> Task:

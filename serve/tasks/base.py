@@ -6,7 +6,7 @@ import functools
 from typing import Any, Callable, ClassVar
 
 from serve.bundle import BundleError
-from serve.inputs import LIMITS, InputError, Picture, as_text, decode_data_url, decoded, image_size
+from serve.inputs import LIMITS, InputError, Picture, as_text, decode_audio, decode_data_url, decoded, image_size
 from serve.runtime import Bundle
 
 
@@ -98,7 +98,7 @@ def _checked(component: Any, preprocess: Callable[[Any], Any], unreadable: str, 
     component.preprocess = run
 
 
-def _file_source(file: Any) -> str | bytes:
+def _file_source(file: Any, missing: str = "no image was sent") -> str | bytes:
     """A Gradio file payload (FileData, raw bytes, or an inline ``data:`` URL) -> a path or bytes."""
     if isinstance(file, (bytes, bytearray, memoryview)):
         return bytes(file)
@@ -107,7 +107,7 @@ def _file_source(file: Any) -> str | bytes:
         return decode_data_url(url)
     path = getattr(file, "path", None)
     if not isinstance(path, str):
-        raise InputError("no image was sent")
+        raise InputError(missing)
     return path
 
 
@@ -134,6 +134,21 @@ def sketch_input(component: Any, unreadable: str) -> None:
         for image in images:
             image_size(_file_source(image))
         return {"composite": None if composite is None else Picture.of(_file_source(composite))}
+
+    _checked(component, preprocess, unreadable)
+
+
+def audio_input(component: Any, rate: int, unreadable: str) -> None:
+    """An Audio component whose events get mono float32 (L,) at ``rate`` Hz (:func:`serve.inputs.decode_audio`:
+    any file format libsndfile reads, any rate, channel count and sample format; Gradio's (rate, samples)
+    pairs from a streamed microphone alike), or None when nothing was recorded or uploaded."""
+
+    def preprocess(payload: Any) -> Any:
+        if isinstance(payload, (tuple, list)) and len(payload) == 2:
+            return decode_audio(tuple(payload), rate)
+        if isinstance(payload, dict) and "path" in payload:  # a streamed chunk as a plain dict
+            payload = type("File", (), payload)()
+        return decode_audio(_file_source(payload, "no audio was sent"), rate)
 
     _checked(component, preprocess, unreadable)
 

@@ -17,7 +17,7 @@ CASES = {"mlp": {"hidden": (32, 16)}, "lenet": {"channels": (8, 16), "hidden": 2
 
 
 def test_every_registered_model_is_tested():
-    assert set(CASES) | {"gpt", "ssd", "unet"} == set(models.MODELS)
+    assert set(CASES) | {"gpt", "ssd", "unet", "whisper"} == set(models.MODELS)  # whisper: tests/models/test_whisper.py
     assert set(CASES) == set(CLASSIFIERS)
 
 

@@ -15,8 +15,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 @contextmanager
-def chromium_page():
-    """A page in Debian's headless Chromium (skipped where it or playwright is missing; CI must have both)."""
+def chromium_page(args: list[str] | None = None):
+    """A page in Debian's headless Chromium (skipped where it or playwright is missing; CI must have both),
+    launched with ``args`` (default ARGS)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -26,7 +27,7 @@ def chromium_page():
             pytest.fail("CI must have playwright and /usr/bin/chromium (.ci/run installs them)")
         pytest.skip("playwright or /usr/bin/chromium is not installed")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args or ARGS)
         yield browser.new_page(viewport={"width": 1200, "height": 950})
         browser.close()
 
