@@ -110,7 +110,7 @@ PRESETS = {
     # dropout off: it cost a fifth of each step here, and every utterance is a new noisy reading anyway
     "quick": {"model": {"name": "whisper", "dim": 144, "heads": 4, "encoder_layers": 4, "decoder_layers": 2,
                         "dropout": 0.0},
-              "train": {"steps": 1200, "eval_every": 400, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100,
+              "train": {"steps": 1400, "eval_every": 700, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100,
                         "weight_decay": 0.05},
               "optimize": {"int8": "dynamic", "int8_ops": ["MatMul"], "openvino_int8": "weights"},
               "benchmark": {"torch_compile": False}},
@@ -446,7 +446,7 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
         return Utterances(items=getattr(data, split))
 
     def make_training_step(self, cfg: RunConfig):
-        ctc_weight = 0.3
+        ctc_weight = 0.5
 
         def losses(model: nn.Module, waves: list[torch.Tensor], texts: list[str], device: torch.device) -> torch.Tensor:
             waveform, lengths = pad_batch(waves)
@@ -461,7 +461,7 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
             return ce + ctc_weight * ctc_loss
 
         def step(model: nn.Module, batch, device: torch.device, generator: torch.Generator):
-            """Cross-entropy of the decoder (teacher-forced) + 0.3 x CTC on the encoder, over the batch in
+            """Cross-entropy of the decoder (teacher-forced) + 0.5 x CTC on the encoder, over the batch in
             groups of similar length (each padded to its own longest: half the padding of one batch). Groups
             of 8 on a CPU (1.4x faster per utterance than one padded batch here); of half the batch on a
             GPU, where each group's kernels cost launch time."""
