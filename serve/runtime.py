@@ -195,9 +195,10 @@ class Bundle:
     checks: dict[str, IOCheck] = field(default_factory=dict, repr=False)  # graph -> compiled I/O check
     threads: int = 0  # ORT intra-op threads; 0: all cores
     spin: bool = False  # ORT's idle threads spin (lower latency, one request at a time) instead of sleeping
-    # variants kept loaded beyond the ones serving picks (those always stay): a user who tries every
-    # variant of a U-Net would otherwise keep six copies of it and their working memory
-    keep: int = 2
+    # variants kept loaded beyond the ones serving picks (those always stay): a server's users who try
+    # every variant of a U-Net would otherwise keep six copies of it and their working memory
+    # (``python -m serve`` keeps 2); None: every variant stays loaded (the pipeline's measurements)
+    keep: int | None = None
     # (graph, variant) -> runner, least recently used first
     _sessions: OrderedDict[tuple[str, str], CheckedRunner] = field(default_factory=OrderedDict, repr=False)
     _hashed: set[str] = field(default_factory=set, repr=False)  # files whose sha256 was checked
@@ -205,7 +206,7 @@ class Bundle:
     _table: tuple | None = field(default=None, repr=False)  # _serving_choice()
 
     @classmethod
-    def open(cls, path: str | Path, threads: int = 0, spin: bool = False, keep: int = 2) -> "Bundle":
+    def open(cls, path: str | Path, threads: int = 0, spin: bool = False, keep: int | None = None) -> "Bundle":
         """Read and check the manifest; files are checked for presence and size here, and hashed
         when first opened (:meth:`session`, :meth:`file`)."""
         path = Path(path)
@@ -381,6 +382,8 @@ class Bundle:
     def _evict(self) -> None:
         """Drop the sessions of the least recently used variants beyond ``keep`` among those serving does
         not pick (a call running on one keeps it alive until it returns). Called under ``_lock``."""
+        if self.keep is None:
+            return
         pinned = set(self._serving_choice().variants)
         recent: list[str] = []  # unpinned variants, most recently used first
         for _, variant in reversed(self._sessions):

@@ -184,6 +184,8 @@ def test_unserved_variants_beyond_keep_are_dropped_least_recently_used_first(bun
     assert {v for _, v in b._sessions} == set(b.served_variants()) | {others[0]}
     assert b.session("model", others[0]) is runner  # still the same session
     assert Bundle.open(bundle_copy, keep=0).warm_up(b.variants()) == {}
+    every = Bundle.open(bundle_copy)  # the pipeline's default: nothing is dropped (its benchmark runs them all)
+    assert every.warm_up(every.variants()) == {} and {v for _, v in every._sessions} == set(every.variants())
     (bundle_copy / "model.fp16.onnx").write_bytes(b"changed after opening")
     b2 = Bundle.open(bundle_copy)
     assert "fp16" not in b2.variants() and b2.warm_up() == {}
