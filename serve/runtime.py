@@ -351,9 +351,10 @@ class Bundle:
         """The (cached) checked runner of ``graph`` in ``variant``: an ORT session or a TensorRT engine."""
         key = (graph, variant)
         if (cached := self._sessions.get(key)) is not None:
-            with self._lock:
-                if key in self._sessions:
-                    self._sessions.move_to_end(key)
+            if self.keep is not None:  # recency matters only where sessions are dropped (a decode loop's hot path)
+                with self._lock:
+                    if key in self._sessions:
+                        self._sessions.move_to_end(key)
             return cached
         if variant not in self.variants():
             damaged = [f"{f} {self.bad_files[f]}" for f in graph_files(self.manifest, variant).values()

@@ -99,13 +99,15 @@ def _checked(component: Any, preprocess: Callable[[Any], Any], unreadable: str, 
 
 
 def _file_source(file: Any, missing: str = "no image was sent") -> str | bytes:
-    """A Gradio file payload (FileData, raw bytes, or an inline ``data:`` URL) -> a path or bytes."""
+    """A Gradio file payload (FileData or the same fields as a plain dict, as a streamed chunk comes; raw
+    bytes; or an inline ``data:`` URL) -> a path or bytes."""
     if isinstance(file, (bytes, bytearray, memoryview)):
         return bytes(file)
-    url = getattr(file, "url", None)
+    field = file.get if isinstance(file, dict) else lambda name: getattr(file, name, None)
+    url = field("url")
     if isinstance(url, str) and url.startswith("data:"):
         return decode_data_url(url)
-    path = getattr(file, "path", None)
+    path = field("path")
     if not isinstance(path, str):
         raise InputError(missing)
     return path
@@ -146,8 +148,6 @@ def audio_input(component: Any, rate: int, unreadable: str) -> None:
     def preprocess(payload: Any) -> Any:
         if isinstance(payload, (tuple, list)) and len(payload) == 2:
             return decode_audio(tuple(payload), rate)
-        if isinstance(payload, dict) and "path" in payload:  # a streamed chunk as a plain dict
-            payload = type("File", (), payload)()
         return decode_audio(_file_source(payload, "no audio was sent"), rate)
 
     _checked(component, preprocess, unreadable)
