@@ -10,9 +10,11 @@ Shapes: N batch, L samples (16 kHz), M mel bands, F mel frames (10 ms), S encode
   utterance (its loudest band and frame is 1: a quiet and a loud reading of a text look alike), and
   zero on the frames past each row's length, so a padded row reads exactly as the same audio alone;
 - :meth:`Whisper.encode`: -> states (N, S, D) and their mask (N, S) (1 = real);
-- :meth:`Whisper.step`: token ids (N, T), states, mask and per decoder layer the cached self-attention
-  keys/values (N, H, P, Dh) -> logits (N, T, V) and the caches with the new tokens (the exported
-  decoder graph; P = 0 at the first step);
+- :meth:`Whisper.cross_cache`: states -> per decoder layer the cross-attention keys/values (N, H, S, Dh),
+  once per recording (the exported encoder graph ends with them);
+- :meth:`Whisper.step`: token ids (N, T), the states' mask, per decoder layer the cached self-attention
+  keys/values (N, H, P, Dh) and the cross keys/values -> logits (N, T, V) and the caches with the new
+  tokens (the exported decoder graph; P = 0 at the first step);
 - :meth:`Whisper.forward`: teacher-forced training: -> logits (N, T, V) and CTC log-probs (N, S, V).
 """
 from __future__ import annotations
@@ -163,7 +165,9 @@ class Stem(nn.Module):
 
 class DecoderBlock(nn.Module):
     """Causal self-attention over the cache and the new tokens, cross-attention to the encoder's
-    states, feed-forward (pre-norm): (N, T, D) and the past (N, H, P, Dh) -> (N, T, D), the present."""
+    states through their keys and values (computed once per recording, :meth:`Whisper.cross_cache`),
+    feed-forward (pre-norm): (N, T, D), the past (N, H, P, Dh) and the cross keys/values (N, H, S, Dh)
+    -> (N, T, D), the present."""
 
     def __init__(self, cfg: WhisperConfig):
         super().__init__()
@@ -173,10 +177,11 @@ class DecoderBlock(nn.Module):
         self.ln3, self.ffn = nn.LayerNorm(cfg.dim), FeedForward(cfg.dim, hidden, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past_k, past_v, causal, states, cross):
+    def forward(self, x, past_k, past_v, causal, cross_k, cross_v, cross_bias):
         y, k, v = self.self_attn.forward_cached(self.ln1(x), past_k, past_v, causal)  # k, v (N, H, P + T, Dh)
         x = x + self.drop(y)
-        x = x + self.drop(self.cross_attn(self.ln2(x), cross, source=states))
+        q = self.cross_attn.queries(self.ln2(x))  # (N, H, T, Dh)
+        x = x + self.drop(self.cross_attn.attend_cached(q, cross_k, cross_v, cross_bias))
         return x + self.drop(self.ffn(self.ln3(x))), k, v
 
 
@@ -214,19 +219,24 @@ class Whisper(nn.Module):
         return [(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
                 for _ in range(self.cfg.decoder_layers)]
 
-    def step(self, input_ids: torch.Tensor, states: torch.Tensor, states_mask: torch.Tensor,
-             past: list[KV]) -> tuple[torch.Tensor, list[KV]]:
-        """ids (N, T), states (N, S, D), states_mask (N, S), past per layer (N, H, P, Dh) -> logits
-        (N, T, V), present per layer (N, H, P + T, Dh)."""
+    def cross_cache(self, states: torch.Tensor) -> list[KV]:
+        """states (N, S, D) -> per decoder layer its cross-attention keys and values (N, H, S, Dh): computed
+        once per recording (the encoder graph outputs them), not at every decoder step."""
+        return [block.cross_attn.keys_values(states) for block in self.decoder]
+
+    def step(self, input_ids: torch.Tensor, states_mask: torch.Tensor, past: list[KV], cross: list[KV]
+             ) -> tuple[torch.Tensor, list[KV]]:
+        """ids (N, T), states_mask (N, S), past per layer (N, H, P, Dh), cross keys/values per layer
+        (N, H, S, Dh) -> logits (N, T, V), present per layer (N, H, P + T, Dh)."""
         p, t = past[0][0].shape[2], input_ids.shape[1]
         positions = p + torch.arange(t, device=input_ids.device)  # (T,)
         keys = torch.arange(p + t, device=input_ids.device)  # (P + T,)
         causal = additive_mask(keys[None, :] <= positions[:, None])  # (T, P + T)
-        cross = states_mask.bool()[:, None, None, :]  # (N, 1, 1, S)
+        cross_bias = additive_mask(states_mask.bool())[:, None, None, :]  # (N, 1, 1, S)
         x = self.drop(self.token(input_ids) + self.position(positions)[None])
         present = []
-        for block, (pk, pv) in zip(self.decoder, past):
-            x, k, v = block(x, pk, pv, causal, states, cross)
+        for block, (pk, pv), (ck, cv) in zip(self.decoder, past, cross):
+            x, k, v = block(x, pk, pv, causal, ck, cv, cross_bias)
             present.append((k, v))
         return self.head(self.decoder_ln(x)), present
 
@@ -235,6 +245,7 @@ class Whisper(nn.Module):
         """Teacher forcing: waveform (N, L), lengths (N,), decoder inputs (N, T) -> logits (N, T, V),
         CTC log-probs (N, S, V) and the encoder frames per row (N,)."""
         states, mask, _ = self.encode(waveform, lengths)
-        logits, _ = self.step(tokens_in, states, mask, self.empty_cache(waveform.shape[0], waveform.device))
+        logits, _ = self.step(tokens_in, mask, self.empty_cache(waveform.shape[0], waveform.device),
+                              self.cross_cache(states))
         ctc = F.log_softmax(self.ctc(states).float(), dim=-1)
         return logits, ctc, mask.sum(1)

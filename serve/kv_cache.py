@@ -4,7 +4,9 @@ A decoder-step graph takes, beside its own inputs, ``past_key_values.{i}.key`` /
 (N, H, P, Dh) per layer (P = 0 before the first token: an empty cache) and returns
 ``present.{i}.key`` / ``.value`` (N, H, P + T, Dh) for the T tokens it read (Hugging Face Optimum /
 onnxruntime-genai names). The text GPT, the proof task's encoder-decoder and the speech decoder
-(its beam search reorders rows: :meth:`KVCache.select`) use this module.
+(its beam search reorders rows: :meth:`KVCache.select`) use this module. An encoder-decoder's decoder
+also takes ``cross_key_values.{i}.key`` / ``.value`` (N, H, S, Dh): the cross-attention keys and values
+of the encoder's states, which its encoder graph outputs under the same names (:func:`cross_names`).
 
 Shapes: N batch, H heads, P cached tokens, T new tokens, Dh head dim, S padded length.
 """
@@ -14,7 +16,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-PAST, PRESENT = "past_key_values.", "present."
+PAST, PRESENT, CROSS = "past_key_values.", "present.", "cross_key_values."
 
 
 class CacheSpec(NamedTuple):
@@ -39,6 +41,12 @@ class CacheSpec(NamedTuple):
 def past_names(layers: int) -> list[str]:
     """``past_key_values.{i}.key``, ``past_key_values.{i}.value`` per layer, in graph order."""
     return [f"{PAST}{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def cross_names(layers: int) -> list[str]:
+    """``cross_key_values.{i}.key``, ``.value`` per decoder layer: an encoder-decoder's cross-attention keys
+    and values (N, H, S, Dh), output once by the encoder graph and fed as they are to every decoder step."""
+    return [f"{CROSS}{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
 def present_name(past_name: str) -> str:

@@ -304,30 +304,59 @@ class Augment:
     reverb_p: float = 0.3
 
 
+def fft_size(n: int) -> int:
+    """The power of two >= n: an FFT of an arbitrary length (a large prime factor) costs 10-30x more
+    (pocketfft: 16.5 ms for 33,331 samples, 0.55 ms for 32,768 here)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _noise(n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
     """White, pink or brown noise (n,) of unit power: white noise whose spectrum is shaped by f^0,
-    f^-1/2 or f^-1 in amplitude (by FFT, on ``device``)."""
-    white = torch.randn(n, generator=g).to(device)
+    f^-1/2 or f^-1 in amplitude (by FFT, on ``device``, at a power-of-two length cut to n)."""
     slope = (0.0, 0.5, 1.0)[int(torch.randint(0, 3, (1,), generator=g))]
     if slope:
-        spectrum = torch.fft.rfft(white)
+        size = fft_size(n)
+        spectrum = torch.fft.rfft(torch.randn(size, generator=g).to(device))
         f = torch.arange(spectrum.shape[0], device=device).clamp_min(1).float()
-        white = torch.fft.irfft(spectrum * f ** -slope, n)
+        white = torch.fft.irfft(spectrum * f ** -slope, size)[:n]
+    else:
+        white = torch.randn(n, generator=g).to(device)
     return white / white.pow(2).mean().clamp_min(1e-12).sqrt()
 
 
-def augment(wave: torch.Tensor, g: torch.Generator, a: Augment, speech: bool = True) -> torch.Tensor:
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * torch.rand((), generator=g))
+
+
+def repace(wave: torch.Tensor, g: torch.Generator, a: Augment) -> torch.Tensor:
+    """Speed perturbation: (L,) -> (L / factor,), factor drawn from ``a.speed`` (pitch and tempo together)."""
+    if a.speed == (1.0, 1.0):
+        return wave
+    length = max(1, int(round(len(wave) / _uniform(g, *a.speed))))
+    return F.interpolate(wave[None, None], size=length, mode="linear", align_corners=False)[0, 0]
+
+
+def augment(wave: torch.Tensor, g: torch.Generator, a: Augment, speech: bool = True,
+            length: int | None = None) -> torch.Tensor:
     """One utterance (L,) float32 -> its noisy, shifted, re-paced, reverberant, re-levelled copy, on the
-    utterance's device (random draws from ``g``, on the CPU, so a run repeats on any device)."""
+    utterance's device (random draws from ``g``, on the CPU, so a run repeats on any device).
+
+    ``length``: the utterance, already re-paced (:func:`repace`), is placed at a random offset in a
+    recording of that many samples (the training step gives a batch of similar utterances one length, so
+    no row is padded with zeros past its noise), instead of between random silences of up to
+    ``a.shift_s`` before and after it."""
 
     def uniform(lo: float, hi: float) -> float:
-        return float(lo + (hi - lo) * torch.rand((), generator=g))
+        return _uniform(g, lo, hi)
 
-    if speech and a.speed != (1.0, 1.0):
-        factor = uniform(*a.speed)
-        length = max(1, int(round(len(wave) / factor)))
-        wave = F.interpolate(wave[None, None], size=length, mode="linear", align_corners=False)[0, 0]
-    before, after = (int(uniform(0, a.shift_s) * RATE) for _ in range(2))
+    if length is None:
+        if speech:
+            wave = repace(wave, g, a)
+        before, after = (int(uniform(0, a.shift_s) * RATE) for _ in range(2))
+    else:
+        room = max(0, length - len(wave))
+        before = int(torch.randint(0, room + 1, (1,), generator=g))
+        after = room - before
     wave = F.pad(wave, (before, after))
     if speech and float(torch.rand((), generator=g)) < a.reverb_p:  # a decaying noise burst as the room
         t60 = uniform(0.15, 0.6)
@@ -336,7 +365,8 @@ def augment(wave: torch.Tensor, g: torch.Generator, a: Augment, speech: bool = T
         ir = torch.randn(n, generator=g) * decay
         ir[0] = 1.0 / uniform(0.3, 1.0)
         ir = ir.to(wave.device)
-        wet = torch.fft.irfft(torch.fft.rfft(wave, len(wave) + n) * torch.fft.rfft(ir, len(wave) + n))[:len(wave)]
+        size = fft_size(len(wave) + n)
+        wet = torch.fft.irfft(torch.fft.rfft(wave, size) * torch.fft.rfft(ir, size), size)[:len(wave)]
         wave = wet * (wave.abs().max() / wet.abs().max().clamp_min(1e-9))
     peak = wave.abs().max()
     if peak > 0:

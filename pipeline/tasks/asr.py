@@ -1,10 +1,11 @@
 """Speech recognition: a Whisper-style encoder-decoder over characters, trained on speech synthesized
 by eSpeak NG (or the user's audio folder), exported as two graphs.
 
-- ``encoder.onnx``: ``waveform`` float32 (N, L) at 16 kHz, ``lengths`` int64 (N,) -> ``states``,
-  ``states_mask``, ``log_mel`` (the log-mel spectrogram is computed inside: STFT, mel matrix, log);
-- ``decoder.onnx``: ``input_ids``, ``states``, ``states_mask``, ``past_key_values.*`` -> ``logits``,
-  ``present.*`` (the text task's naming).
+- ``encoder.onnx``: ``waveform`` float32 (N, L) at 16 kHz, ``lengths`` int64 (N,) -> ``states_mask``,
+  ``log_mel`` (the log-mel spectrogram is computed inside: STFT, mel matrix, log) and
+  ``cross_key_values.*`` (each decoder layer's cross-attention keys and values of the encoder's states);
+- ``decoder.onnx``: ``input_ids``, ``states_mask``, ``past_key_values.*``, ``cross_key_values.*`` ->
+  ``logits``, ``present.*`` (the text task's naming).
 
 What is verified, scored and timed is serve's loop (``serve/tasks/asr.py``: voice activity, segments,
 greedy or beam search) over ORT sessions and over the torch modules alike: transcripts of the
@@ -36,9 +37,11 @@ from pipeline.tasks.base import BenchCase, BenchmarkConfig, EvalSet, Graph, Metr
 from pipeline.tasks.cache import cache_tensors
 from serve.bundle import BundleError
 from serve.tasks import asr as loop
+from serve.kv_cache import cross_names
 from serve.tasks.asr import ALPHABET, BOS, EOS, PAD, RATE, VOCAB, CacheSpec, Decoding
 
 EVAL_BATCH = 16  # segments per encoder call when scoring
+GROUP = 32  # utterances per forward pass in training (a larger batch runs in groups of this many)
 
 
 @dataclass
@@ -255,6 +258,12 @@ class Utterances(Dataset):
     def __len__(self) -> int:
         return len(self.speech) if self.speech is not None else len(self.items.texts)
 
+    def lengths(self) -> list[int]:
+        """Samples per recording (the training loop draws batches of similar length)."""
+        if self.speech is not None:
+            return np.diff(self.speech.offsets).tolist()
+        return [len(w) for w in self.items.waves]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         if self.speech is not None:
             return torch.from_numpy(self.speech.wave(i)), self.speech.texts[i]
@@ -296,24 +305,28 @@ def cache_spec(m) -> CacheSpec:
 def contracts(m, window: float) -> dict[str, ExportContract]:
     samples = int(window * RATE)
     frames = (samples // m.hop + 1 + 3) // 4
+    past, present = cache_tensors(cache_spec(m), "characters")
+    cross = tuple(TensorSpec(n, "float32", ("batch", m.heads, "frames", m.head_dim),
+                             "a decoder layer's cross-attention keys/values of the encoder's states (the encoder "
+                             "outputs them once; each decoder step reads them as they are)")
+                  for n in cross_names(m.decoder_layers))
     batch = DimRange(1, 1, 256)
     encoder = ExportContract(
         inputs=(TensorSpec("waveform", "float32", ("batch", "samples"),
                            f"mono audio at {RATE} Hz in [-1, 1], right-padded with anything"),
                 TensorSpec("lengths", "int64", ("batch",), "the samples of each row that are audio")),
-        outputs=(TensorSpec("states", "float32", ("batch", "frames", m.dim), "encoder states, one per 40 ms"),
-                 TensorSpec("states_mask", "int64", ("batch", "frames"), "1 for a frame of audio, 0 for padding"),
+        outputs=(TensorSpec("states_mask", "int64", ("batch", "frames"),
+                            "1 for an encoder frame (40 ms) of audio, 0 for padding"),
                  TensorSpec("log_mel", "float32", ("batch", m.n_mels, "mel_frames"),
-                            "the log-mel spectrogram the encoder read, in [-1, 1], 0 past the audio")),
+                            "the log-mel spectrogram the encoder read, in [-1, 1], 0 past the audio"),
+                 *cross),
         dims={"batch": batch, "samples": DimRange(1600, 5 * RATE, samples)},
         parity=(Bound("transcript_agreement", ">=", 1.0), Bound("max_abs_log_mel_diff", "<=", 1e-4)),
         exact=("model.logmel",))
-    past, present = cache_tensors(cache_spec(m), "characters")
     decoder = ExportContract(
         inputs=(TensorSpec("input_ids", "int64", ("batch", "seq"), "BOS, then the previous step's character"),
-                TensorSpec("states", "float32", ("batch", "frames", m.dim), "the encoder's states"),
                 TensorSpec("states_mask", "int64", ("batch", "frames"), "the encoder's states_mask"),
-                *past),
+                *past, *cross),
         outputs=(TensorSpec("logits", "float32", ("batch", "seq", m.vocab_size), "next-character logits"),
                  *present),
         dims={"batch": batch, "frames": DimRange(1, 50, frames), "seq": DimRange(1, 1, m.max_tokens),
@@ -323,18 +336,21 @@ def contracts(m, window: float) -> dict[str, ExportContract]:
 
 
 class EncoderGraph(nn.Module):
-    """waveform (N, L), lengths (N,) -> states (N, S, D), states_mask (N, S), log_mel (N, M, F)."""
+    """waveform (N, L), lengths (N,) -> states_mask (N, S), log_mel (N, M, F), then per decoder layer the
+    cross-attention keys and values (N, H, S, Dh)."""
 
     def __init__(self, model: Whisper):
         super().__init__()
         self.model = model
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.encode(waveform, lengths)
+        states, mask, log_mel = self.model.encode(waveform, lengths)
+        return (mask, log_mel, *(t for kv in self.model.cross_cache(states) for t in kv))
 
 
 def decoder_graph(model: Whisper) -> CacheStepGraph:
-    return CacheStepGraph(model, "step", model.cfg.decoder_layers, leading=3)
+    """input_ids, states_mask, past_key_values.*, cross_key_values.* -> logits, present.*"""
+    return CacheStepGraph(model, "step", model.cfg.decoder_layers, leading=2, cross=True)
 
 
 def torch_runners(model: Whisper, window: float, device: str = "cpu") -> dict[str, TorchRunner]:
@@ -402,12 +418,14 @@ vocab = meta["vocabulary"].split("|")  # token id -> character; 0 pad, 1 begin, 
 layers, heads, head_dim = (int(meta[k]) for k in ("layers", "heads", "head_dim"))
 with wave.open("speech.wav") as f:  # 16 kHz mono 16-bit PCM (resample other files first)
     audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32)[None] / 32768
-states, mask, _ = encoder.run(None, {"waveform": audio, "lengths": np.array([audio.shape[1]])})
+enc = encoder.run(None, {"waveform": audio, "lengths": np.array([audio.shape[1]])})
+enc = dict(zip([o.name for o in encoder.get_outputs()], enc))  # states_mask, log_mel, cross_key_values.*
+cross = {k: v for k, v in enc.items() if k.startswith("cross_key_values.")}  # per layer, once per recording
 past = {f"past_key_values.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32)
         for i in range(layers) for kv in ("key", "value")}
 token, text = np.array([[1]]), ""
 for _ in range(int(meta["max_tokens"])):  # greedy, one character per call on the KV cache
-    logits, *present = decoder.run(None, {"input_ids": token, "states": states, "states_mask": mask, **past})
+    logits, *present = decoder.run(None, {"input_ids": token, "states_mask": enc["states_mask"], **past, **cross})
     past, token = dict(zip(past, present)), logits[:, -1:].argmax(-1)
     if token[0, 0] == 2:
         break
@@ -461,18 +479,19 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
             return ce + ctc_weight * ctc_loss
 
         def step(model: nn.Module, batch, device: torch.device, generator: torch.Generator):
-            """Cross-entropy of the decoder (teacher-forced) + 0.5 x CTC on the encoder, over the batch in
-            groups of similar length (each padded to its own longest: half the padding of one batch). Groups
-            of 8 on a CPU (1.4x faster per utterance than one padded batch here); of half the batch on a
-            GPU, where each group's kernels cost launch time."""
-            group = 8 if device.type == "cpu" else max(8, len(batch[0]) // 2)
+            """Cross-entropy of the decoder (teacher-forced) + 0.5 x CTC on the encoder. The loop draws
+            batches of similar length (``Utterances.lengths``); each group of up to 32 (sorted by length)
+            becomes one recording length, every utterance placed at a random offset in it, with its noise
+            over the whole length: no row is zero-padded, and the offset is the time-shift augmentation."""
             waves, texts = batch
-            waves = [sp.augment(w.to(device), generator, AUGMENT, speech=bool(t)) for w, t in zip(waves, texts)]
+            waves = [sp.repace(w.to(device), generator, AUGMENT) if t else w.to(device) for w, t in zip(waves, texts)]
             order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
             total = torch.zeros((), device=device)
-            for k in range(0, len(order), group):
-                part = order[k:k + group]
-                total = total + losses(model, [waves[i] for i in part], [texts[i] for i in part], device) * len(part)
+            for k in range(0, len(order), GROUP):
+                part = order[k:k + GROUP]
+                length = len(waves[part[-1]]) + int(float(torch.rand((), generator=generator)) * AUGMENT.shift_s * RATE)
+                placed = [sp.augment(waves[i], generator, AUGMENT, speech=bool(texts[i]), length=length) for i in part]
+                total = total + losses(model, placed, [texts[i] for i in part], device) * len(part)
             return total / len(order), len(texts)
 
         return step
@@ -496,8 +515,9 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
         lengths = torch.tensor([24000, 20000])
         with torch.no_grad():
             states, mask, _ = model.eval().encode(waveform, lengths)
+            cross = dict(zip(cross_names(m.decoder_layers), (t for kv in model.cross_cache(states) for t in kv)))
         past = {n: torch.randn(2, m.heads, 3, m.head_dim, generator=gen) for n in loop.past_names(m.decoder_layers)}
-        dec_example = {"input_ids": torch.tensor([[BOS, 7], [BOS, 12]]), "states": states, "states_mask": mask, **past}
+        dec_example = {"input_ids": torch.tensor([[BOS, 7], [BOS, 12]]), "states_mask": mask, **past, **cross}
         metadata = {"task": self.name, "architecture": cfg.model_name, "vocabulary": "|".join(VOCAB),
                     "special_tokens": f"pad={PAD},bos={BOS},eos={EOS}", "sample_rate": str(RATE),
                     "window_seconds": f"{cfg.data.window:g}", "max_tokens": str(cfg.inference.max_tokens),
@@ -534,7 +554,7 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
         return {"transcript_agreement": float(np.mean(same)) if same else 1.0, "max_abs_log_mel_diff": diff}
 
     def calibration(self, data: AsrData, samples: int, cfg: RunConfig) -> dict[str, Any] | None:
-        return None  # dynamic INT8 (MatMul-heavy); static calibration would need decoder states too
+        return None  # dynamic INT8 (MatMul-heavy); static calibration would need decoder caches too
 
     def benchmark_cases(self, data: AsrData, cfg: RunConfig) -> list[BenchCase]:
         b, cases = cfg.benchmark, []

@@ -8,9 +8,11 @@ named inputs -> named outputs.
 Graphs (N batch, L samples at 16 kHz, S encoder frames of 40 ms, T new tokens, P cached tokens):
 
 - ``encoder``: ``waveform`` float32 (N, L) (right-padded with anything), ``lengths`` int64 (N,)
-  -> ``states`` float32 (N, S, D), ``states_mask`` int64 (N, S), ``log_mel`` float32 (N, M, F);
-- ``decoder``: ``input_ids`` int64 (N, T), ``states``, ``states_mask``,
-  ``past_key_values.{i}.key`` / ``.value`` (N, H, P, Dh) -> ``logits`` (N, T, V), ``present.*``.
+  -> ``states_mask`` int64 (N, S), ``log_mel`` float32 (N, M, F), and per decoder layer
+  ``cross_key_values.{i}.key`` / ``.value`` (N, H, S, Dh): the cross-attention keys and values of the
+  encoder's states, computed once per recording;
+- ``decoder``: ``input_ids`` int64 (N, T), ``states_mask``, ``past_key_values.{i}.key`` / ``.value``
+  (N, H, P, Dh), ``cross_key_values.*`` -> ``logits`` (N, T, V), ``present.*``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from serve.bundle import BundleError
 from serve.inputs import InputError, number
-from serve.kv_cache import CacheSpec, KVCache, past_names  # noqa: F401 (the task's names)
+from serve.kv_cache import CacheSpec, KVCache, cross_names, past_names  # noqa: F401 (the task's names)
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, audio_input, choice_input, guarded, number_input
 
@@ -175,12 +177,12 @@ def encode(runners: Runners, waves: list[np.ndarray]) -> dict[str, np.ndarray]:
 def greedy(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, max_tokens: int) -> Result:
     """Greedy decoding of a batch: one decoder call per character, on the KV cache, until every row
     has written EOS or ``max_tokens``."""
-    n = enc["states"].shape[0]
+    n = enc["states_mask"].shape[0]
     kv, token = KVCache(spec, n), np.full((n, 1), BOS, np.int64)
+    fixed = {"states_mask": enc["states_mask"], **{k: enc[k] for k in cross_names(spec.layers)}}
     out, done, steps = np.full((n, max_tokens), PAD, np.int64), np.zeros(n, bool), []
     for step in range(max_tokens):
-        result = runners["decoder"]({"input_ids": token, "states": enc["states"], "states_mask": enc["states_mask"],
-                                     **kv.feeds()})
+        result = runners["decoder"]({"input_ids": token, **fixed, **kv.feeds()})
         logits = result["logits"][:, -1]  # (N, V)
         steps.append(logits)
         nxt = np.where(done, PAD, logits.argmax(-1)).astype(np.int64)
@@ -203,8 +205,8 @@ def beam_search(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec
     keeps the W best continuations per row; a beam that wrote EOS is finished and set aside, and a row
     with W finished beams stops; the best finished beam by log-prob / length ** penalty wins (the best
     open one if none finished)."""
-    n, w = enc["states"].shape[0], decoding.beam
-    states, mask = np.repeat(enc["states"], w, axis=0), np.repeat(enc["states_mask"], w, axis=0)
+    n, w = enc["states_mask"].shape[0], decoding.beam
+    fixed = {k: np.repeat(enc[k], w, axis=0) for k in ("states_mask", *cross_names(spec.layers))}  # (N * W, ...)
     kv = KVCache(spec, n * w)
     token = np.full((n * w, 1), BOS, np.int64)
     scores = np.full((n, w), -np.inf)
@@ -212,7 +214,7 @@ def beam_search(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec
     seqs = np.zeros((n, w, 0), np.int64)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
     for step in range(decoding.max_tokens):
-        result = runners["decoder"]({"input_ids": token, "states": states, "states_mask": mask, **kv.feeds()})
+        result = runners["decoder"]({"input_ids": token, **fixed, **kv.feeds()})
         logp = _log_softmax(result["logits"][:, -1]).reshape(n, w, -1)  # (N, W, V)
         v = logp.shape[-1]
         total = (scores[:, :, None] + logp).reshape(n, w * v)
@@ -333,7 +335,7 @@ def transcribe(runners: Runners, wave: np.ndarray, spec: CacheSpec, decoding: De
 
 def call_axes(graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, int | float]:
     """A call named as the benchmark's cases are (rows, seconds of audio): the encoder's by its
-    waveform, a decoder step's by its states (40 ms each), so one case's variant runs the whole loop."""
+    waveform, a decoder step's by its states' mask (40 ms a frame), so one case's variant runs the whole loop."""
     if graph == "encoder":
         n, samples = feeds["waveform"].shape
         return {"batch": int(n), "seconds": samples / RATE}

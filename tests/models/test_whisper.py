@@ -56,8 +56,26 @@ def test_cached_steps_give_the_teacher_forced_logits():
     with torch.no_grad():
         full, _, _ = model(x, lengths, tokens)
         states, mask, _ = model.encode(x, lengths)
+        cross = model.cross_cache(states)
         past, steps = model.empty_cache(2), []
         for t in range(tokens.shape[1]):
-            logits, past = model.step(tokens[:, t:t + 1], states, mask, past)
+            logits, past = model.step(tokens[:, t:t + 1], mask, past, cross)
             steps.append(logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-4)
+
+
+def test_the_cross_cache_is_cross_attention_to_the_states():
+    """The decoder's cross-attention over the keys/values the encoder outputs once equals attention to the
+    states themselves (MultiHeadAttention's own cross-attention, the padding masked)."""
+    torch.manual_seed(0)
+    model = Whisper(CFG).eval()
+    x, lengths = torch.randn(2, 9000) * 0.1, torch.tensor([9000, 5000])
+    with torch.no_grad():
+        states, mask, _ = model.encode(x, lengths)
+        block = model.decoder[0]
+        q_in = torch.randn(2, 3, CFG.dim)
+        k, v = model.cross_cache(states)[0]
+        bias = torch.zeros(mask.shape).masked_fill(mask == 0, float("-inf"))[:, None, None, :]
+        cached = block.cross_attn.attend_cached(block.cross_attn.queries(q_in), k, v, bias)
+        direct = block.cross_attn(q_in, mask.bool()[:, None, None, :], source=states)
+    assert torch.allclose(cached, direct, atol=1e-5)
