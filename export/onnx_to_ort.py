@@ -59,7 +59,12 @@ def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
     ``dynamic`` (weights only; activations quantized at run time, MatMul/Gemm-heavy models); the
     exact nodes (pre/post-processing) are left in fp32. ``ops``: the operator types to quantize
     (empty: the quantizer's default set, which also quantizes the Concat, Reshape and Transpose
-    outputs that may feed the exact nodes, e.g. a detector's raw scores)."""
+    outputs that may feed the exact nodes, e.g. a detector's raw scores).
+
+    Weights are quantized to 7 bits (``reduce_range``): ORT's U8S8 kernels on CPUs without VNNI (AVX2,
+    AVX-512 without VNNI) add pairs of products in 16 bits, which saturate with full-range weights; on
+    this AMD EPYC (AVX2) a static INT8 LeNet agreed with fp32 on 31% of top-1 labels with 8-bit weights,
+    100% with 7-bit ones. A bundle built on one CPU may be served on another, so the file is safe on both."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -72,10 +77,11 @@ def quantize_int8(src: Path, dst: Path, mode: str, calibration: Iterable[dict[st
             if calibration is None:
                 raise ValueError("static INT8 needs calibration batches")
             quantize_static(str(prepared), str(dst), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             nodes_to_exclude=exact, op_types_to_quantize=list(ops) or None)
         elif mode == "dynamic":
-            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                              nodes_to_exclude=exact, op_types_to_quantize=list(ops) or None)
         else:
             raise ValueError(f"unknown INT8 mode {mode!r}; known: static, dynamic")

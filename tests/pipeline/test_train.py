@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from pipeline import stages
 from pipeline.errors import PipelineError
 from pipeline.tasks import classify
-from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, load_weights, lr_factor, read_metrics
+from pipeline.train import CHECKPOINT, METRICS, TRAINING_STATE, LengthBuckets, load_weights, lr_factor, read_metrics
 
 
 def test_lr_schedule():
@@ -18,6 +18,27 @@ def test_lr_schedule():
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(80, 100, 0, "constant") == 1.0
+
+
+def test_length_buckets_draw_every_sample_once_in_batches_of_similar_length():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1_000, 100_000, (1_000,), generator=g).tolist()
+    sampler = LengthBuckets(lengths, batch_size=10, pool=20)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 100 and all(len(b) == 10 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(1_000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    shuffled = [list(range(k, k + 10)) for k in range(0, 1_000, 10)]  # what random batches would give
+    random_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in shuffled) / 100
+    assert spread < random_spread / 5
+    assert list(sampler) == batches  # one epoch, one order (a resumed run skips exactly what it trained)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    ranks = [list(LengthBuckets(lengths, 10, world_size=3, rank=r, pool=20)) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1  # every process as many steps
+    seen = [i for r in ranks for b in r for i in b]
+    assert len(seen) == len(set(seen))  # no sample in two processes
+    assert list(LengthBuckets([5, 3], batch_size=8)) == [[1, 0]]  # fewer samples than a batch: one batch
 
 
 EPOCHS = {"train": {"epochs": 3, "batch_size": 256, "log_every": 1}, "model": {"dropout": 0.3}}
