@@ -13,10 +13,8 @@ the same (they are the same arithmetic, regrouped).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from export.benchmark import sample_call, summarize  # noqa: E402
+from export.cache_graph import CacheStepGraph  # noqa: E402
 from export.contract import ExportContract, TensorSpec  # noqa: E402
 from export.torch_to_onnx import export_onnx  # noqa: E402
 from export.verify import TorchRunner  # noqa: E402
@@ -36,19 +36,17 @@ from serve.runtime import OrtSession  # noqa: E402
 from serve.tasks import asr as loop  # noqa: E402
 
 
-class StatesDecoder(nn.Module):
-    """The other form: input_ids, states (N, S, D), states_mask, past_key_values.* -> logits, present.*;
-    the cross keys/values are computed from the states inside, at every step."""
+class StatesStep(nn.Module):
+    """The other form's decoder step: input_ids, states (N, S, D), states_mask, past -> logits, present;
+    the cross keys/values are computed from the states inside, at every step (flattened into graph I/O
+    by ``CacheStepGraph``, as the pipeline's decoder is)."""
 
     def __init__(self, model):
         super().__init__()
-        self.model, self.layers = model, model.cfg.decoder_layers
+        self.model = model
 
-    def forward(self, *inputs):  # flat, as export.cache_graph's graphs are (torch.export reads varargs so)
-        input_ids, states, states_mask, past = inputs[0], inputs[1], inputs[2], inputs[3:]
-        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        logits, present = self.model.step(input_ids, states_mask, pairs, self.model.cross_cache(states))
-        return (logits, *(t for kv in present for t in kv))
+    def step(self, input_ids, states, states_mask, past):
+        return self.model.step(input_ids, states_mask, past, self.model.cross_cache(states))
 
 
 class StatesEncoder(nn.Module):
@@ -95,15 +93,8 @@ def through_serve_loop(runners: dict, layers: int) -> dict:
     return {"encoder": encoder, "decoder": decoder}
 
 
-def median_ms(fn, rounds: int, inner: int = 1) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t) / inner * 1000)
-    return statistics.median(times)
+def median_ms(fn, rounds: int) -> float:
+    return summarize(sample_call(fn, seconds=0.0, min_runs=rounds, warmup=1))["median_ms"]
 
 
 def main() -> None:
@@ -127,7 +118,8 @@ def main() -> None:
     past = {n: torch.randn(2, m.heads, 3, m.head_dim, generator=gen) for n in past_names(m.decoder_layers)}
     example = {"input_ids": torch.tensor([[1, 7], [1, 12]]), "states": states, "states_mask": mask, **past}
     modules = {"cross": {"encoder": graphs["encoder"].module, "decoder": graphs["decoder"].module},
-               "states": {"encoder": StatesEncoder(model), "decoder": StatesDecoder(model)}}
+               "states": {"encoder": StatesEncoder(model),
+                          "decoder": CacheStepGraph(StatesStep(model), "step", m.decoder_layers, leading=3)}}
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
         for form, contracts in (("cross", ours), ("states", theirs)):
@@ -164,7 +156,7 @@ def main() -> None:
             feeds = {"input_ids": np.full((8, 1), 5, np.int64),
                      **{k: np.zeros((8, m.heads, 10, m.head_dim), np.float32) for k in KVCache(spec, 8).feeds()},
                      **{k: v for k, v in enc.items() if k != "log_mel"}}
-            cells.append(f"{median_ms(lambda: r['decoder'](feeds), args.rounds, inner=20):.2f}")
+            cells.append(f"{median_ms(lambda: r['decoder'](feeds), 20 * args.rounds):.2f}")
             print(f"| {name} | " + " | ".join(cells) + " |")
             texts[name] = [t.text for t in loop.transcribe_many(r, speech[:64], spec, loop.Decoding(1, max_tokens),
                                                                  loop.Limits(window, batch=8))]

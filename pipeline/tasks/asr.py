@@ -514,8 +514,8 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
         waveform = torch.randn(2, 24000, generator=gen) * 0.1
         lengths = torch.tensor([24000, 20000])
         with torch.no_grad():
-            states, mask, _ = model.eval().encode(waveform, lengths)
-            cross = dict(zip(cross_names(m.decoder_layers), (t for kv in model.cross_cache(states) for t in kv)))
+            mask, _, *cross_kv = EncoderGraph(model.eval())(waveform, lengths)
+        cross = dict(zip(cross_names(m.decoder_layers), cross_kv))
         past = {n: torch.randn(2, m.heads, 3, m.head_dim, generator=gen) for n in loop.past_names(m.decoder_layers)}
         dec_example = {"input_ids": torch.tensor([[BOS, 7], [BOS, 12]]), "states_mask": mask, **past, **cross}
         metadata = {"task": self.name, "architecture": cfg.model_name, "vocabulary": "|".join(VOCAB),
