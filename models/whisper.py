@@ -1,7 +1,8 @@
 """A Whisper-style speech recognizer (book 5.x, Radford et al. 2022): a log-mel front end, a
 convolutional stem, a Transformer encoder with sinusoidal positions, and a Transformer decoder that
 writes characters with cross-attention to the encoder's states. A CTC head on the encoder (Graves
-2006) helps it learn alignments in a CPU budget; it is a training loss only, never exported.
+2006) helps it learn alignments in a CPU budget, and its reading is exported beside the states: the
+decode loop keeps it where it scores better than the decoder's (serve's ``rescore``).
 
 Shapes: N batch, L samples (16 kHz), M mel bands, F mel frames (10 ms), S encoder frames (F / 4,
 40 ms), T new tokens, P cached tokens, H heads, Dh head dim, D = H * Dh, V vocabulary.
@@ -15,7 +16,8 @@ Shapes: N batch, L samples (16 kHz), M mel bands, F mel frames (10 ms), S encode
 - :meth:`Whisper.step`: token ids (N, T), the states' mask, per decoder layer the cached self-attention
   keys/values (N, H, P, Dh) and the cross keys/values -> logits (N, T, V) and the caches with the new
   tokens (the exported decoder graph; P = 0 at the first step);
-- :meth:`Whisper.forward`: teacher-forced training: -> logits (N, T, V) and CTC log-probs (N, S, V).
+- :meth:`Whisper.ctc_log_probs`: states -> CTC log-probs (N, S * U, V), U labels a frame;
+- :meth:`Whisper.forward`: teacher-forced training: -> logits (N, T, V) and CTC log-probs (N, S * U, V).
 """
 from __future__ import annotations
 
@@ -45,15 +47,21 @@ class WhisperConfig:
     mlp_ratio: float = 4.0  # (float) feed-forward width as a multiple of dim
     dropout: float = 0.1  # (float) dropout in attention, feed-forwards and embeddings (training only)
     max_tokens: int = 96  # (int) decoder positions: BOS, the characters and EOS of the longest transcript
+    stem: str = "conv1d"  # (str) conv1d: Whisper's, mel bands as channels | conv2d: over time and frequency
+    stem_channels: int = 32  # (int) conv2d stem: channels of its two convolutions
+    ctc_upsample: int = 1  # (int) CTC labels per encoder frame (training only): 2 lets fast speech (more
+    #                        characters than 40 ms frames) be aligned
 
     def __post_init__(self):
         if min(self.vocab_size, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.dim, self.heads,
-               self.encoder_layers, self.decoder_layers, self.max_tokens) < 1 or self.mlp_ratio <= 0:
+               self.encoder_layers, self.decoder_layers, self.max_tokens, self.ctc_upsample) < 1 or self.mlp_ratio <= 0:
             raise ValueError("every size must be >= 1 and mlp_ratio > 0")
         if self.dim % self.heads or self.dim % 2:
             raise ValueError(f"dim ({self.dim}) must be even and a multiple of heads ({self.heads})")
         if self.n_mels > self.n_fft // 2 + 1:
             raise ValueError(f"n_mels ({self.n_mels}) must be at most n_fft / 2 + 1 ({self.n_fft // 2 + 1})")
+        if self.stem not in ("conv1d", "conv2d") or self.stem_channels < 1:
+            raise ValueError(f"stem must be conv1d or conv2d (got {self.stem!r}) and stem_channels >= 1")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
 
@@ -163,6 +171,29 @@ class Stem(nn.Module):
         return x.transpose(1, 2), frames  # (N, S, D)
 
 
+class Stem2d(nn.Module):
+    """log-mel (N, M, F) and its frames (N,) -> (N, S, D), S = ceil(ceil(F / 2) / 2), and the frames (N,):
+    two GELU 3x3 convolutions of stride 2 over time and frequency (ESPnet's subsampling; a formant a few
+    bands higher, another voice, reads through the same kernels), then a linear map of each frame's
+    channels x bands to D. Each one's input is zero past the row's frames, as in :class:`Stem`."""
+
+    def __init__(self, cfg: WhisperConfig):
+        super().__init__()
+        c = cfg.stem_channels
+        self.convs = nn.ModuleList([nn.Conv2d(1, c, 3, stride=2, padding=1), nn.Conv2d(c, c, 3, stride=2, padding=1)])
+        bands = (cfg.n_mels + 1) // 2
+        bands = (bands + 1) // 2
+        self.proj = nn.Linear(c * bands, cfg.dim)
+
+    def forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.transpose(1, 2)[:, None]  # (N, 1, F, M)
+        for conv in self.convs:
+            x = x * (torch.arange(x.shape[2], device=x.device)[None] < frames[:, None])[:, None, :, None].to(x.dtype)
+            x = F.gelu(conv(x))  # (N, C, F', M'), F' = ceil(F / 2)
+            frames = halved(frames)
+        return self.proj(x.permute(0, 2, 1, 3).flatten(2)), frames  # (N, S, D)
+
+
 class DecoderBlock(nn.Module):
     """Causal self-attention over the cache and the new tokens, cross-attention to the encoder's
     states through their keys and values (computed once per recording, :meth:`Whisper.cross_cache`),
@@ -190,11 +221,11 @@ class Whisper(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.logmel = LogMel(cfg)
-        self.stem = Stem(cfg)
+        self.stem = Stem(cfg) if cfg.stem == "conv1d" else Stem2d(cfg)
         self.encoder = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout)
                                      for _ in range(cfg.encoder_layers))
         self.encoder_ln = nn.LayerNorm(cfg.dim)
-        self.ctc = nn.Linear(cfg.dim, cfg.vocab_size)  # training only
+        self.ctc = nn.Linear(cfg.dim, cfg.vocab_size * cfg.ctc_upsample)
         self.token = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.position = nn.Embedding(cfg.max_tokens, cfg.dim)
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
@@ -224,6 +255,11 @@ class Whisper(nn.Module):
         once per recording (the encoder graph outputs them), not at every decoder step."""
         return [block.cross_attn.keys_values(states) for block in self.decoder]
 
+    def ctc_log_probs(self, states: torch.Tensor) -> torch.Tensor:
+        """states (N, S, D) -> CTC log-probs (N, S * U, V): U = ``ctc_upsample`` labels a frame, blank = PAD."""
+        u = self.cfg.ctc_upsample
+        return F.log_softmax(self.ctc(states).float().unflatten(-1, (u, -1)).flatten(1, 2), dim=-1)
+
     def step(self, input_ids: torch.Tensor, states_mask: torch.Tensor, past: list[KV], cross: list[KV]
              ) -> tuple[torch.Tensor, list[KV]]:
         """ids (N, T), states_mask (N, S), past per layer (N, H, P, Dh), cross keys/values per layer
@@ -243,9 +279,8 @@ class Whisper(nn.Module):
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor, tokens_in: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher forcing: waveform (N, L), lengths (N,), decoder inputs (N, T) -> logits (N, T, V),
-        CTC log-probs (N, S, V) and the encoder frames per row (N,)."""
+        CTC log-probs (N, S * U, V) and their frames per row (N,), U = ``ctc_upsample``."""
         states, mask, _ = self.encode(waveform, lengths)
         logits, _ = self.step(tokens_in, mask, self.empty_cache(waveform.shape[0], waveform.device),
                               self.cross_cache(states))
-        ctc = F.log_softmax(self.ctc(states).float(), dim=-1)
-        return logits, ctc, mask.sum(1)
+        return logits, self.ctc_log_probs(states), mask.sum(1) * self.cfg.ctc_upsample

@@ -8,6 +8,7 @@ checkpoints and exact resume.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import math
@@ -31,7 +32,8 @@ from pipeline.errors import PipelineError
 from serve.bundle import first_line
 from pipeline.fileio import atomic_path, write_text
 
-# step(model, batch, device, generator) -> (loss, units in the batch: samples, tokens, ...)
+# step(model, batch, device, generator) -> (loss, units in the batch: samples, tokens, ...); a step that
+# also takes ``progress`` is given the share of training done (0 at the first step, -> 1): a curriculum
 StepFn = Callable[[nn.Module, Any, torch.device, torch.Generator], tuple[torch.Tensor, int]]
 EvalFn = Callable[[nn.Module, Dataset, torch.device], dict[str, float]]
 
@@ -359,6 +361,7 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
                 f.write(json.dumps(record) + "\n")
 
     dtype = autocast_dtype(cfg, rt.device)
+    wants_progress = "progress" in inspect.signature(step_fn).parameters
     if step >= budget.total and rt.is_main:
         print(f"already trained for {step} steps (budget {budget.total}); nothing to do")
     batches = _batches(loader, sampler, budget, step)
@@ -375,7 +378,8 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, budget.total, budget.warmup, cfg.schedule)
             with autocast(rt.device, dtype):
-                loss, n = step_fn(train_model, batch, rt.device, generator)
+                extra = {"progress": step / budget.total} if wants_progress else {}
+                loss, n = step_fn(train_model, batch, rt.device, generator, **extra)
             if not torch.isfinite(loss):
                 raise PipelineError(f"training diverged: the loss is {loss.item()} at {budget.describe(step)}; "
                                     f"try a lower train.lr (now {cfg.lr:g})")

@@ -114,6 +114,34 @@ def test_text_round_trip_and_alphabet():
         loop.encode_text("café")
 
 
+def test_ctc_log_likelihood_is_torchs_ctc_loss():
+    """The numpy forward algorithm gives torch's CTC loss (negated) for hypotheses with repeats, one
+    character and none, and -inf where the frames cannot hold a hypothesis."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    frames = 17
+    logp = torch.log_softmax(torch.from_numpy(rng.standard_normal((frames, len(loop.VOCAB))) * 3), -1)
+    hyps = [loop.encode_text(t) for t in ("go", "off", "zero oh", "a", "")]
+    got = loop.ctc_log_likelihood(logp.numpy(), hyps)
+    for h, value in zip(hyps, got):
+        want = -F.ctc_loss(logp[:, None], torch.tensor([h or [0]])[:, :len(h)], torch.tensor([frames]),
+                           torch.tensor([len(h)]), blank=loop.PAD, reduction="sum")
+        assert value == pytest.approx(float(want), rel=1e-9, abs=1e-9)
+    too_long = loop.encode_text("aaaaaaaaa")  # 9 repeats need 17 frames: fits; 10 do not
+    assert np.isfinite(loop.ctc_log_likelihood(logp.numpy(), [too_long])[0])
+    assert loop.ctc_log_likelihood(logp.numpy(), [too_long + too_long[:1]])[0] == -np.inf
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    a, b = loop.encode_text("ab")
+    frames = [loop.PAD, a, a, loop.PAD, a, b, b, loop.PAD]
+    logp = np.full((len(frames), len(loop.VOCAB)), -9.0)
+    logp[np.arange(len(frames)), frames] = 0.0
+    assert loop.ctc_greedy(logp) == [a, a, b]
+
+
 # ---------------------------------------------------------------------------------------------
 # The loops over the smoke bundle
 
@@ -140,8 +168,36 @@ def test_beam_search_of_width_one_is_greedy_and_wider_beams_run(asr_bundle):
     assert loop.beam_search(runners, enc, spec, loop.Decoding(1, 20)).texts == greedy
     wide = loop.beam_search(runners, enc, spec, loop.Decoding(4, 20)).texts
     assert len(wide) == len(waves) and all(isinstance(t, str) for t in wide)
-    # a batch reads each recording as it reads it alone
-    assert [loop.decode_batch(runners, [w], spec, loop.Decoding(1, 20)).texts[0] for w in waves] == greedy
+    # a batch reads each recording as it reads it alone, and the decoder alone (ctc_weight 0) is greedy
+    assert [loop.decode_batch(runners, [w], spec, loop.Decoding(1, 20, ctc_weight=0)).texts[0] for w in waves] == greedy
+    joint = loop.decode_batch(runners, waves, spec, loop.Decoding(1, 20)).texts
+    assert [loop.decode_batch(runners, [w], spec, loop.Decoding(1, 20)).texts[0] for w in waves] == joint
+
+
+def test_teacher_forced_scores_are_the_loops_own(asr_bundle):
+    """A hypothesis scored in one teacher-forced decoder call gets the log-prob the KV-cache loop gave it
+    step by step (greedy and beam), and the joint choice is one of the candidates it weighed."""
+    from serve.runtime import Bundle
+
+    b = Bundle.open(asr_bundle)
+    spec = loop.CacheSpec(**b.info["cache"])
+    waves = [decode_audio(p.read_bytes()) for p in _examples(asr_bundle)[:3]]
+    runners = b.runners("fp32")
+    enc = loop.encode(runners, waves)
+    assert enc["ctc_log_probs"].shape[0] == len(waves) and enc["ctc_log_probs"].shape[2] == len(loop.VOCAB)
+    for result in (loop.greedy(runners, enc, spec, 20), loop.beam_search(runners, enc, spec, loop.Decoding(3, 20))):
+        rows = [r for r, hs in enumerate(result.hypotheses) for _ in hs]
+        hyps = [h for hs in result.hypotheses for h, _ in hs]
+        loop_scores = [s for hs in result.hypotheses for _, s in hs]
+        ended = [len(h) < 19 for h in hyps]  # those that wrote EOS (the rest stopped at max_tokens)
+        forced = loop.decoder_log_likelihood(runners, enc, spec, rows, hyps)
+        np.testing.assert_allclose(forced[ended], np.array(loop_scores)[ended], rtol=1e-3, atol=1e-3)
+        chosen = loop.rescore(runners, enc, spec, result, 0.5).texts
+        for r, text in enumerate(chosen):
+            frames = enc["states_mask"][r].sum() * (enc["ctc_log_probs"].shape[1] // enc["states_mask"].shape[1])
+            pool = {loop.decode_ids(h) for h, _ in result.hypotheses[r]}
+            pool.add(loop.decode_ids(loop.ctc_greedy(enc["ctc_log_probs"][r, :frames])))
+            assert text in pool
 
 
 def test_silence_gives_an_empty_transcript_and_a_note(asr_bundle):
@@ -169,8 +225,8 @@ def test_model_card_snippet_transcribes_a_wav_file(asr_bundle, tmp_path, monkeyp
     b = Bundle.open(asr_bundle)
     with wavfile.open(str(example)) as f:
         audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
-    expected = loop.decode_batch(b.runners("fp32"), [audio], loop.CacheSpec(**b.info["cache"]),
-                                 loop.Decoding(1, b.inference["max_tokens"])).texts[0]
+    expected = loop.decode_batch(b.runners("fp32"), [audio], loop.CacheSpec(**b.info["cache"]),  # the decoder alone
+                                 loop.Decoding(1, b.inference["max_tokens"], ctc_weight=0)).texts[0]
     assert len(printed) == 1 and " ".join(printed[0][0].split()) == expected
 
 

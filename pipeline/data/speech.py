@@ -303,6 +303,15 @@ class Augment:
     speed: tuple[float, float] = (0.9, 1.1)
     reverb_p: float = 0.3
 
+    def at(self, strength: float) -> "Augment":
+        """This augmentation at ``strength`` in [0, 1] (a curriculum): 0 keeps gain and shift only (clean
+        speech), 1 is all of it; noise, reverb and speed perturbation grow in between (the SNR's low end
+        from the high one down)."""
+        k = min(1.0, max(0.0, strength))
+        lo, hi = self.snr_db
+        return Augment((hi - (hi - lo) * k, hi), self.noise_p * k, self.gain_db, self.shift_s,
+                       (1 - (1 - self.speed[0]) * k, 1 + (self.speed[1] - 1) * k), self.reverb_p * k)
+
 
 def fft_size(n: int) -> int:
     """The power of two >= n: an FFT of an arbitrary length (a large prime factor) costs 10-30x more

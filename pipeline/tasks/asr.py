@@ -2,7 +2,8 @@
 by eSpeak NG (or the user's audio folder), exported as two graphs.
 
 - ``encoder.onnx``: ``waveform`` float32 (N, L) at 16 kHz, ``lengths`` int64 (N,) -> ``states_mask``,
-  ``log_mel`` (the log-mel spectrogram is computed inside: STFT, mel matrix, log) and
+  ``log_mel`` (the log-mel spectrogram is computed inside: STFT, mel matrix, log), ``ctc_log_probs`` (the
+  encoder's CTC head, which the loop weighs against the decoder where they differ) and
   ``cross_key_values.*`` (each decoder layer's cross-attention keys and values of the encoder's states);
 - ``decoder.onnx``: ``input_ids``, ``states_mask``, ``past_key_values.*``, ``cross_key_values.*`` ->
   ``logits``, ``present.*`` (the text task's naming).
@@ -41,6 +42,7 @@ from serve.kv_cache import cross_names
 from serve.tasks.asr import ALPHABET, BOS, EOS, PAD, RATE, VOCAB, CacheSpec, Decoding
 
 EVAL_BATCH = 16  # segments per encoder call when scoring
+CTC_WEIGHT = 0.5  # the encoder's CTC loss beside the decoder's cross-entropy
 GROUP = 32  # utterances per forward pass in training (a larger batch runs in groups of this many)
 
 
@@ -57,6 +59,9 @@ class DataConfig:
     max_words: int = 8  # (int) words per utterance, 1..max_words
     empty_share: float = 0.04  # (float) training utterances that are silence or noise (the target is empty)
     window: float = 10.0  # (float) seconds the encoder takes at once; longer audio is cut at pauses
+    # (float) share of training over which noise, reverb and speed perturbation grow from none to full (a
+    # curriculum: clean speech first; on 2 cores the model then learns to align 2-3x sooner); 0: full from the start
+    augment_ramp: float = 0.3
     seed: int = 0  # (int) voices' split, texts and styles
     val_fraction: float = 0.1  # (float) audio folder: share held out for validation
     test_fraction: float = 0.1  # (float) audio folder: share held out for the test split
@@ -69,6 +74,8 @@ class DataConfig:
             raise ValueError("train/val/test sizes and max_words must be >= 1; stress and silence sizes >= 0")
         if not 0 <= self.empty_share < 0.5 or not 1.0 <= self.window <= 30.0:
             raise ValueError("empty_share must be in [0, 0.5) and window in [1, 30] seconds")
+        if not 0 <= self.augment_ramp <= 1:
+            raise ValueError("augment_ramp must be in [0, 1] (a share of the training steps)")
 
 
 @dataclass
@@ -76,14 +83,20 @@ class InferenceConfig:
     beam: int = 1  # (int) beam width; 1: greedy
     max_tokens: int = 96  # (int) characters a segment may have (EOS included), <= model.max_tokens
     batch: int = 8  # (int) segments per encoder call
+    # (float) where the encoder's CTC head reads a segment otherwise than the decoder: both readings scored
+    # (1 - w) x decoder + w x CTC log-likelihood, the better kept; 0: the decoder alone
+    ctc_weight: float = 0.5
 
     def __post_init__(self):
         try:
-            Decoding(self.beam, self.max_tokens)
+            self.decoding()
         except BundleError as e:
             raise ValueError(str(e)) from None
         if self.batch < 1:
             raise ValueError("batch must be >= 1")
+
+    def decoding(self) -> Decoding:
+        return Decoding(self.beam, self.max_tokens, ctc_weight=self.ctc_weight)
 
 
 @dataclass
@@ -319,6 +332,8 @@ def contracts(m, window: float) -> dict[str, ExportContract]:
                             "1 for an encoder frame (40 ms) of audio, 0 for padding"),
                  TensorSpec("log_mel", "float32", ("batch", m.n_mels, "mel_frames"),
                             "the log-mel spectrogram the encoder read, in [-1, 1], 0 past the audio"),
+                 TensorSpec("ctc_log_probs", "float32", ("batch", "ctc_frames", m.vocab_size),
+                            f"the encoder's CTC head: log-probs of {m.ctc_upsample} label(s) a frame, blank = pad"),
                  *cross),
         dims={"batch": batch, "samples": DimRange(1600, 5 * RATE, samples)},
         parity=(Bound("transcript_agreement", ">=", 1.0), Bound("max_abs_log_mel_diff", "<=", 1e-4)),
@@ -336,8 +351,8 @@ def contracts(m, window: float) -> dict[str, ExportContract]:
 
 
 class EncoderGraph(nn.Module):
-    """waveform (N, L), lengths (N,) -> states_mask (N, S), log_mel (N, M, F), then per decoder layer the
-    cross-attention keys and values (N, H, S, Dh)."""
+    """waveform (N, L), lengths (N,) -> states_mask (N, S), log_mel (N, M, F), ctc_log_probs (N, S * U, V),
+    then per decoder layer the cross-attention keys and values (N, H, S, Dh)."""
 
     def __init__(self, model: Whisper):
         super().__init__()
@@ -345,7 +360,8 @@ class EncoderGraph(nn.Module):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         states, mask, log_mel = self.model.encode(waveform, lengths)
-        return (mask, log_mel, *(t for kv in self.model.cross_cache(states) for t in kv))
+        return (mask, log_mel, self.model.ctc_log_probs(states),
+                *(t for kv in self.model.cross_cache(states) for t in kv))
 
 
 def decoder_graph(model: Whisper) -> CacheStepGraph:
@@ -390,7 +406,7 @@ def error_rates(hyps: list[str], refs: list[str]) -> dict[str, float]:
 
 def decoding_of(cfg: RunConfig) -> tuple[Decoding, loop.Limits]:
     inf = cfg.inference
-    return Decoding(inf.beam, inf.max_tokens), loop.Limits(cfg.data.window, batch=max(inf.batch, EVAL_BATCH))
+    return inf.decoding(), loop.Limits(cfg.data.window, batch=max(inf.batch, EVAL_BATCH))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,8 +448,9 @@ for _ in range(int(meta["max_tokens"])):  # greedy, one character per call on th
     text += vocab[token[0, 0]]
 print(text)
 ```
-Silence gating, long recordings cut at pauses (with segment times), beam search and batches:
-`serve/tasks/asr.py` (numpy only): `transcribe`, `transcribe_many`."""
+This is the decoder alone, greedy. `serve/tasks/asr.py` (numpy only) adds what is served: the encoder's
+CTC reading (`ctc_log_probs`) weighed against the decoder's where they differ (`rescore`), silence gating,
+long recordings cut at pauses (with segment times), beam search and batches (`transcribe`, `transcribe_many`)."""
 
     # -- data and model ------------------------------------------------------------------------
 
@@ -464,7 +481,7 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
         return Utterances(items=getattr(data, split))
 
     def make_training_step(self, cfg: RunConfig):
-        ctc_weight = 0.5
+        ctc_weight = CTC_WEIGHT
 
         def losses(model: nn.Module, waves: list[torch.Tensor], texts: list[str], device: torch.device) -> torch.Tensor:
             waveform, lengths = pad_batch(waves)
@@ -478,19 +495,23 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
                                   zero_infinity=True)
             return ce + ctc_weight * ctc_loss
 
-        def step(model: nn.Module, batch, device: torch.device, generator: torch.Generator):
+        ramp = cfg.data.augment_ramp
+
+        def step(model: nn.Module, batch, device: torch.device, generator: torch.Generator, progress: float = 1.0):
             """Cross-entropy of the decoder (teacher-forced) + 0.5 x CTC on the encoder. The loop draws
             batches of similar length (``Utterances.lengths``); each group of up to 32 (sorted by length)
             becomes one recording length, every utterance placed at a random offset in it, with its noise
-            over the whole length: no row is zero-padded, and the offset is the time-shift augmentation."""
+            over the whole length: no row is zero-padded, and the offset is the time-shift augmentation.
+            The augmentation grows from clean speech to ``AUGMENT`` over the first ``augment_ramp`` of training."""
             waves, texts = batch
-            waves = [sp.repace(w.to(device), generator, AUGMENT) if t else w.to(device) for w, t in zip(waves, texts)]
+            aug = AUGMENT.at(progress / ramp) if ramp > 0 else AUGMENT
+            waves = [sp.repace(w.to(device), generator, aug) if t else w.to(device) for w, t in zip(waves, texts)]
             order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
             total = torch.zeros((), device=device)
             for k in range(0, len(order), GROUP):
                 part = order[k:k + GROUP]
-                length = len(waves[part[-1]]) + int(float(torch.rand((), generator=generator)) * AUGMENT.shift_s * RATE)
-                placed = [sp.augment(waves[i], generator, AUGMENT, speech=bool(texts[i]), length=length) for i in part]
+                length = len(waves[part[-1]]) + int(float(torch.rand((), generator=generator)) * aug.shift_s * RATE)
+                placed = [sp.augment(waves[i], generator, aug, speech=bool(texts[i]), length=length) for i in part]
                 total = total + losses(model, placed, [texts[i] for i in part], device) * len(part)
             return total / len(order), len(texts)
 
@@ -514,7 +535,7 @@ Silence gating, long recordings cut at pauses (with segment times), beam search 
         waveform = torch.randn(2, 24000, generator=gen) * 0.1
         lengths = torch.tensor([24000, 20000])
         with torch.no_grad():
-            mask, _, *cross_kv = EncoderGraph(model.eval())(waveform, lengths)
+            mask, _, _, *cross_kv = EncoderGraph(model.eval())(waveform, lengths)
         cross = dict(zip(cross_names(m.decoder_layers), cross_kv))
         past = {n: torch.randn(2, m.heads, 3, m.head_dim, generator=gen) for n in loop.past_names(m.decoder_layers)}
         dec_example = {"input_ids": torch.tensor([[BOS, 7], [BOS, 12]]), "states_mask": mask, **past, **cross}

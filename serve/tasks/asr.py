@@ -8,7 +8,9 @@ named inputs -> named outputs.
 Graphs (N batch, L samples at 16 kHz, S encoder frames of 40 ms, T new tokens, P cached tokens):
 
 - ``encoder``: ``waveform`` float32 (N, L) (right-padded with anything), ``lengths`` int64 (N,)
-  -> ``states_mask`` int64 (N, S), ``log_mel`` float32 (N, M, F), and per decoder layer
+  -> ``states_mask`` int64 (N, S), ``log_mel`` float32 (N, M, F), ``ctc_log_probs`` float32 (N, S * U, V)
+  (the encoder's own CTC reading, U labels a frame; optional: bundles without it decode by the
+  decoder alone), and per decoder layer
   ``cross_key_values.{i}.key`` / ``.value`` (N, H, S, Dh): the cross-attention keys and values of the
   encoder's states, computed once per recording;
 - ``decoder``: ``input_ids`` int64 (N, T), ``states_mask``, ``past_key_values.{i}.key`` / ``.value``
@@ -145,10 +147,15 @@ class Decoding:
     beam: int = 1
     max_tokens: int = 96
     length_penalty: float = 1.0  # beams are ranked by log-prob / length ** length_penalty
+    # the CTC head's weight where the decoder's and the CTC head's readings differ: each is scored by both
+    # (log-likelihoods, (1 - w) x decoder + w x CTC) and the better kept; 0: the decoder alone
+    ctc_weight: float = 0.5
 
     def __post_init__(self):
         if not 1 <= self.beam <= 16 or self.max_tokens < 1:
             raise BundleError("beam must be 1-16 and max_tokens >= 1")
+        if not 0 <= self.ctc_weight <= 1:
+            raise BundleError("ctc_weight must be in [0, 1]")
 
 
 @dataclass
@@ -158,6 +165,8 @@ class Result:
     texts: list[str]
     logits: np.ndarray | None = None
     log_mel: np.ndarray | None = None  # the encoder's (N, M, F), for the front end's parity
+    # per row the decoder's finished hypotheses (character ids, EOS excluded) and their log-probs
+    hypotheses: list[list[tuple[list[int], float]]] | None = None
 
 
 def pad_waves(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +201,14 @@ def greedy(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, max
             break
         kv.update(result)
         token = nxt[:, None]
-    return Result([decode_ids(r) for r in out], np.stack(steps, axis=1))
+    logits = np.stack(steps, axis=1)  # (N, steps, V)
+    chosen = np.take_along_axis(_log_softmax(logits), out[:, :logits.shape[1], None], 2)[..., 0]  # (N, steps)
+    hyps = []
+    for row, lp in zip(out, chosen):
+        ids = row[:len(lp)].tolist()
+        end = ids.index(EOS) + 1 if EOS in ids else len(ids)
+        hyps.append([([i for i in ids[:end] if i > EOS], float(lp[:end].sum()))])
+    return Result([decode_ids(r) for r in out], logits, hypotheses=hyps)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -230,7 +246,7 @@ def beam_search(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec
                 parent, tok = divmod(int(flat), v)
                 if tok == EOS:
                     length = step + 1
-                    finished[i].append((s / length ** decoding.length_penalty, [*seqs[i, parent].tolist()]))
+                    finished[i].append((s / length ** decoding.length_penalty, [*seqs[i, parent].tolist()], s))
                     continue
                 if tok in (PAD, BOS):
                     continue
@@ -248,22 +264,119 @@ def beam_search(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec
         kv.update(result)
         kv.select((parents + np.arange(n)[:, None] * w).reshape(-1))
         token = tokens.reshape(-1, 1)
-    texts = []
+    texts, hyps = [], []
     for i in range(n):
         if finished[i]:
-            texts.append(decode_ids(max(finished[i], key=lambda f: f[0])[1]))
+            ranked = sorted(finished[i], key=lambda f: -f[0])[:w]
+            texts.append(decode_ids(ranked[0][1]))
+            hyps.append([(f[1], float(f[2])) for f in ranked])
         else:
-            texts.append(decode_ids(seqs[i, int(np.argmax(scores[i]))]))
-    return Result(texts)
+            best = int(np.argmax(scores[i]))
+            texts.append(decode_ids(seqs[i, best]))
+            hyps.append([(seqs[i, best].tolist(), float(scores[i, best]))])
+    return Result(texts, hypotheses=hyps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CTC head's reading, and the choice between the two heads
+
+
+def ctc_greedy(log_probs: np.ndarray) -> list[int]:
+    """(T, V) CTC log-probs of one row's frames -> character ids: the best label a frame, repeats merged,
+    blanks (PAD) dropped."""
+    best = log_probs.argmax(-1)
+    keep = np.ones(len(best), bool)
+    keep[1:] = best[1:] != best[:-1]
+    return [int(t) for t in best[keep] if t > EOS]
+
+
+def ctc_log_likelihood(log_probs: np.ndarray, hyps: list[list[int]]) -> np.ndarray:
+    """log P(hypothesis | frames) under CTC (Graves 2006), the forward algorithm in log space over every
+    hypothesis at once: (T, V) log-probs, H label sequences -> (H,) (-inf where T frames cannot hold one)."""
+    h = len(hyps)
+    longest = max((len(y) for y in hyps), default=0)
+    ext = np.full((h, 2 * longest + 1), PAD, np.int64)  # blank, y1, blank, y2, ..., blank
+    for i, y in enumerate(hyps):
+        ext[i, 1:2 * len(y):2] = y
+    skip = np.zeros(ext.shape, bool)  # s may come from s - 2: a label unlike the one two back
+    skip[:, 2:] = (ext[:, 2:] != PAD) & (ext[:, 2:] != ext[:, :-2])
+    lp = log_probs.astype(np.float64)
+    alpha = np.full(ext.shape, -np.inf)
+    alpha[:, 0] = lp[0, PAD]
+    if longest:
+        alpha[:, 1] = lp[0, ext[:, 1]]
+    rows = np.arange(h)[:, None]
+    for t in range(1, len(lp)):
+        one = np.concatenate([np.full((h, 1), -np.inf), alpha[:, :-1]], 1)
+        two = np.where(skip, np.concatenate([np.full((h, 2), -np.inf), alpha[:, :-2]], 1), -np.inf)
+        alpha = np.logaddexp(np.logaddexp(alpha, one), two) + lp[t][ext]
+    ends = np.array([2 * len(y) for y in hyps])
+    last = alpha[rows[:, 0], ends]
+    before = np.where(ends > 0, alpha[rows[:, 0], np.maximum(ends - 1, 0)], -np.inf)
+    return np.logaddexp(last, before)
+
+
+def decoder_log_likelihood(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, rows: list[int],
+                           hyps: list[list[int]]) -> np.ndarray:
+    """The decoder's log P(hypothesis + EOS) for hypothesis i of encoder row ``rows[i]``: one
+    teacher-forced call (BOS + characters, PAD after the shorter ones) on an empty cache -> (H,)."""
+    longest = max(len(y) for y in hyps)
+    ids = np.full((len(hyps), longest + 1), PAD, np.int64)
+    ids[:, 0] = BOS
+    for i, y in enumerate(hyps):
+        ids[i, 1:len(y) + 1] = y
+    pick = np.array(rows)
+    fixed = {k: enc[k][pick] for k in ("states_mask", *cross_names(spec.layers))}
+    logp = _log_softmax(runners["decoder"]({"input_ids": ids, **fixed, **KVCache(spec, len(hyps)).feeds()})["logits"])
+    out = np.zeros(len(hyps))
+    for i, y in enumerate(hyps):
+        target = [*y, EOS]
+        out[i] = logp[i, np.arange(len(target)), target].sum()
+    return out
+
+
+def rescore(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, result: Result, weight: float) -> Result:
+    """Where the CTC head reads a row otherwise than the decoder did, both readings (and the beam's other
+    finished ones) are scored by both heads and the best of (1 - weight) x decoder + weight x CTC
+    log-likelihood kept: the decoder's skipped or repeated words, which CTC's monotonic alignment does not
+    allow, lose to the CTC reading, and CTC's misspellings to the decoder's."""
+    if weight <= 0 or "ctc_log_probs" not in enc or result.hypotheses is None:
+        return result
+    ctc, mask = enc["ctc_log_probs"], enc["states_mask"]
+    per_frame = ctc.shape[1] // max(1, mask.shape[1])
+    frames = mask.sum(1) * per_frame
+    texts, extra_rows, extra = list(result.texts), [], []
+    pools = []
+    for r, hyps in enumerate(result.hypotheses):
+        ctc_ids = ctc_greedy(ctc[r, :frames[r]])
+        pool = {tuple(ids): score for ids, score in hyps}
+        if tuple(ctc_ids) not in pool:
+            extra_rows.append(r)
+            extra.append(ctc_ids)
+            pool[tuple(ctc_ids)] = None  # the decoder's score comes below
+        pools.append(pool)
+    if extra:
+        for r, ids, score in zip(extra_rows, extra, decoder_log_likelihood(runners, enc, spec, extra_rows, extra)):
+            pools[r][tuple(ids)] = float(score)
+    for r, pool in enumerate(pools):
+        if len(pool) < 2:
+            continue
+        cands = list(pool)
+        ctc_ll = ctc_log_likelihood(ctc[r, :frames[r]], [list(c) for c in cands])
+        total = [(1 - weight) * pool[c] + weight * ll for c, ll in zip(cands, ctc_ll)]
+        texts[r] = decode_ids(cands[int(np.argmax(total))])
+    return Result(texts, result.logits, result.log_mel, result.hypotheses)
 
 
 def decode_batch(runners: Runners, waves: list[np.ndarray], spec: CacheSpec, decoding: Decoding) -> Result:
-    """The encoder once over the batch, then greedy or beam search."""
+    """The encoder once over the batch, then greedy or beam search, then the choice between the decoder's
+    and the CTC head's readings where they differ (:func:`rescore`)."""
     if not waves:
         return Result([], np.zeros((0, 0, len(VOCAB)), np.float32))
     enc = encode(runners, waves)
     result = (greedy(runners, enc, spec, decoding.max_tokens) if decoding.beam == 1
               else beam_search(runners, enc, spec, decoding))
+    result = rescore(runners, enc, spec, result, decoding.ctc_weight)
     result.log_mel = enc.get("log_mel")
     return result
 
@@ -374,6 +487,7 @@ class AsrTab(TaskTab):
         info = bundle.info
         spec, window = CacheSpec(**info["cache"]), float(info["window"])
         max_tokens = int(bundle.inference.get("max_tokens", info.get("max_tokens", 96)))
+        ctc_weight = float(bundle.inference.get("ctc_weight", 0.0))  # bundles from before the CTC output: 0
 
         def runners_for(variant: str) -> tuple[dict[str, Any], Callable[[], str]]:
             if variant != SERVED:
@@ -395,7 +509,7 @@ class AsrTab(TaskTab):
                 raise InputError("record or upload some audio first")
             beam = number(beam, "beam", integer=True, lo=1, hi=8)
             runners, ran = runners_for(variant)
-            t = transcribe(runners, audio, spec, Decoding(beam, max_tokens), Limits(window))
+            t = transcribe(runners, audio, spec, Decoding(beam, max_tokens, ctc_weight=ctc_weight), Limits(window))
             rows = [[s.start, s.end, s.text] for s in t.segments]
             line = (f"{t.seconds:.1f} s of audio in {t.compute * 1000:.0f} ms: real-time factor {t.rtf:.3f} "
                     f"({ran()}{', beam ' + str(beam) if beam > 1 else ', greedy'})")
@@ -409,7 +523,7 @@ class AsrTab(TaskTab):
             now = len(heard["audio"]) / RATE
             if now - heard["at"] >= LIVE_EVERY and len(heard["audio"]):
                 runners, _ = runners_for(variant)
-                t = transcribe(runners, heard["audio"], spec, Decoding(1, max_tokens), Limits(window))
+                t = transcribe(runners, heard["audio"], spec, Decoding(1, max_tokens, ctc_weight=ctc_weight), Limits(window))
                 heard["at"], heard["text"] = now, t.text or f"({t.note})"
             return heard["text"], heard
 
