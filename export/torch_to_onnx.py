@@ -96,14 +96,36 @@ def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], contr
         _name_dims(model, contract)
     if fixed := _specialized(model, contract):
         raise ExportError(f"the exported graph fixed dimensions the contract calls dynamic: {', '.join(fixed)}")
+    return finish(model, contract, path, metadata)
+
+
+def assemble_onnx(build, source: Path, contract: ExportContract, path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
+    """A graph built by ``build`` (onnx.ModelProto -> onnx.ModelProto) from the graph file ``source``
+    (a sampler's Loop around a denoiser step), checked and labelled like an export."""
+    try:
+        model = build(onnx.load(str(source)))
+    except (ValueError, KeyError, onnx.checker.ValidationError) as e:
+        raise ExportError(f"cannot assemble {path.name} from {source.name}: {e}") from e
+    del model.metadata_props[:]
+    # built from an ORT-optimized or quantized step, it may hold com.microsoft operators, which onnx's
+    # checker knows no schema for: checked then without strict shape inference
+    standard = all(o.domain in ("", "ai.onnx") for o in model.opset_import)
+    return finish(model, contract, path, metadata, strict=standard)
+
+
+def finish(model: onnx.ModelProto, contract: ExportContract, path: Path, metadata: dict[str, str],
+           strict: bool = True) -> onnx.ModelProto:
+    """``metadata`` into ``metadata_props``, onnx.checker (full, with shape inference), the contract's
+    I/O names checked; saved to ``path``."""
     if contract.exact:  # read back by export.onnx_to_ort when it builds the fp16 and int8 variants
         metadata = {**metadata, EXACT_KEY: ",".join(contract.exact)}
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     try:
-        onnx.checker.check_model(model, full_check=True)
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(model, full_check=strict)
+        if strict:
+            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"exported graph fails onnx.checker: {e}") from e
     got = [i.name for i in model.graph.input], [o.name for o in model.graph.output]

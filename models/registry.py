@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from models.diffusion import DiffusionConfig, DiffusionUNet
 from models.gpt import GPT, GPTConfig
 from models.lenet import LeNet, LeNetConfig
 from models.mlp import MLP, MLPConfig
@@ -27,6 +28,7 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "ssd": (SSDConfig, SSD),
     "unet": (UNetConfig, UNet),
     "whisper": (WhisperConfig, Whisper),
+    "diffusion": (DiffusionConfig, DiffusionUNet),
 }
 
 

@@ -12,6 +12,7 @@ task has one) runs over ORT sessions, TensorRT engines and the torch modules ali
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from contextlib import ExitStack
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from export import onnx_to_engine, onnx_to_openvino, onnx_to_ort
-from export.torch_to_onnx import export_onnx
+from export.torch_to_onnx import assemble_onnx, export_onnx
 from export.verify import gate
 from pipeline import plots
 from pipeline.card import model_card
@@ -112,6 +113,17 @@ def _check_resumable(saved: RunConfig, asked: RunConfig, run_dir: Path) -> None:
                                     "benchmark and inference settings may change. Start a new run instead")
 
 
+def required_bundle(task_name: str, preset: str, out: Path) -> Path:
+    """The newest finished ``task_name`` bundle under ``out`` (a folder with its manifest and every graph
+    file), or one trained now with ``preset`` (train -> export -> optimize -> benchmark)."""
+    found = sorted((d for d in (out / task_name).glob("*") if not d.name.endswith(PARTIAL)
+                    and (d / MANIFEST).is_file() and any(d.glob("*.onnx"))), key=lambda d: d.stat().st_mtime)
+    if found:
+        return found[-1]
+    print(f"no finished {task_name} bundle under {out}: training one ({preset}) first", flush=True)
+    return run_all(task_name, preset, out=out)
+
+
 def train(task_name: str, preset: str = "quick", config_file: str | None = None, sets: dict | None = None,
           data: str | None = None, out: str | Path = "artifacts", resume: str | Path | None = None) -> Run:
     """Train a model into ``out/<task>/<run>``; returns the finished run, in memory."""
@@ -136,6 +148,10 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
         _check_resumable(resolve(task, base["preset"], base), cfg, run_dir)
     else:
         cfg = resolve(task, preset, *layers)
+    for other, field_name in task.requires.items():
+        if not getattr(cfg.data, field_name):
+            path = required_bundle(other, cfg.preset, Path(out))
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{field_name: str(path.resolve())}))
     rt = setup_runtime(cfg.train)
     dataset = task.load_data(cfg)
     cfg = task.complete_config(dataset, cfg)
@@ -208,8 +224,11 @@ def export(run: Run | str | Path) -> dict[str, Path]:
     print(f"exporting {run.dir.name} -> {', '.join(files.values())}", flush=True)
     with ExitStack() as stack:
         tmp = {g: stack.enter_context(atomic_path(run.dir / f)) for g, f in files.items()}
-        for g, graph in graphs.items():
-            export_onnx(graph.module, graph.example, graph.contract, tmp[g], graph.metadata)
+        for g, graph in graphs.items():  # a graph assembled from another comes after it (Task.graphs' order)
+            if graph.assemble:
+                assemble_onnx(graph.assemble[1], tmp[graph.assemble[0]], graph.contract, tmp[g], graph.metadata)
+            else:
+                export_onnx(graph.module, graph.example, graph.contract, tmp[g], graph.metadata)
         runners = {g: OrtSession(tmp[g], name=files[g]) for g in graphs}
         parity, reference = _verify(run, runners, "the exported " + ", ".join(files.values()))
         scores, _ = run.score(runners)
@@ -295,7 +314,11 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
             with ExitStack() as stack:
                 tmp = {g: stack.enter_context(atomic_path(run.dir / f)) for g, f in files.items()}
                 for g, src in sources.items():
-                    entry.update(build(src, tmp[g], g, run) or {})
+                    if assembled := run.graphs[g].assemble:  # rebuilt from this variant's own source graph
+                        graph = run.graphs[g]
+                        assemble_onnx(assembled[1], tmp[assembled[0]], graph.contract, tmp[g], graph.metadata)
+                    else:
+                        entry.update(build(src, tmp[g], g, run) or {})
                 scores, _ = run.score({g: open_session(tmp[g], files[g]) for g in files})
                 status, reason = run.judge(scores)
                 entry.update(status=status, **scores, **({"reason": reason} if reason else {}))

@@ -192,12 +192,16 @@ def test_teacher_forced_scores_are_the_loops_own(asr_bundle):
         ended = [len(h) < 19 for h in hyps]  # those that wrote EOS (the rest stopped at max_tokens)
         forced = loop.decoder_log_likelihood(runners, enc, spec, rows, hyps)
         np.testing.assert_allclose(forced[ended], np.array(loop_scores)[ended], rtol=1e-3, atol=1e-3)
-        chosen = loop.rescore(runners, enc, spec, result, 0.5).texts
+        chosen = loop.rescore(runners, enc, spec, result, 0.5, 20).texts
         for r, text in enumerate(chosen):
             frames = enc["states_mask"][r].sum() * (enc["ctc_log_probs"].shape[1] // enc["states_mask"].shape[1])
             pool = {loop.decode_ids(h) for h, _ in result.hypotheses[r]}
             pool.add(loop.decode_ids(loop.ctc_greedy(enc["ctc_log_probs"][r, :frames])))
             assert text in pool
+    # a CTC reading longer than the decoder may write is no candidate (its positions would overflow): greedy's
+    # one reading stands
+    result = loop.greedy(runners, enc, spec, 20)
+    assert loop.rescore(runners, enc, spec, result, 0.5, 1).texts == result.texts
 
 
 def test_silence_gives_an_empty_transcript_and_a_note(asr_bundle):

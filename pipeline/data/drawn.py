@@ -60,7 +60,7 @@ def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand:
     slant, angle = rng.uniform(-0.35, 0.35), np.radians(rng.uniform(-15, 15))
     cos, sin = np.cos(angle), np.sin(angle)
     centre = rng.uniform(0.5 - (1 - height) / 2 * 0.8, 0.5 + (1 - height) / 2 * 0.8, size=2)
-    brush = rng.uniform(*BRUSH)
+    brush = rng.uniform(*BRUSH) * canvas / CANVAS  # the same pen for the drawing's size on any canvas
     scale = 2  # rendered at twice the size, then shrunk: anti-aliased edges as a browser canvas has
     image = Image.new("L", (canvas * scale, canvas * scale), 255)
     pen = ImageDraw.Draw(image)
@@ -190,10 +190,10 @@ def font_digits(per_class: int = 50, seed: int = 11, canvas: int = 200) -> Image
     return ImageSplit(np.stack(images)[..., None], labels.astype(np.int64))
 
 
-def scanned(drawings: ImageSplit, side: int = 8, margin: float = 1.0) -> ImageSplit:
+def scanned(drawings: ImageSplit, side: int = 8, margin: float = 1.0, levels: int = 17) -> ImageSplit:
     """Drawings made into scans like the digits: each cropped to its ink, centred on a square of
     paper (``margin`` times the ink's longer side), averaged down to side x side and quantized to
-    the scans' 17 grey levels. uint8 (N, side, side, 1), dark ink on white."""
+    ``levels`` grey levels (the scans' 17; 256: none). uint8 (N, side, side, 1), dark ink on white."""
     from PIL import Image
 
     out = []
@@ -206,5 +206,5 @@ def scanned(drawings: ImageSplit, side: int = 8, margin: float = 1.0) -> ImageSp
         top, left = (paper_side - crop.shape[0]) // 2, (paper_side - crop.shape[1]) // 2
         paper[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
         small = np.asarray(Image.fromarray(paper).resize((side, side), Image.Resampling.BOX), dtype=np.float32)
-        out.append(np.round(np.round((255 - small) / 255 * 16) / 16 * 255).astype(np.uint8))
+        out.append(np.round(np.round((255 - small) / 255 * (levels - 1)) / (levels - 1) * 255).astype(np.uint8))
     return ImageSplit((255 - np.stack(out))[..., None], drawings.labels.copy())

@@ -10,10 +10,11 @@ from pipeline.tasks.asr import Asr
 from pipeline.tasks.base import Task, register
 from pipeline.tasks.classify import Classify
 from pipeline.tasks.detect import Detect
+from pipeline.tasks.imagegen import ImageGen
 from pipeline.tasks.segment import Segment
 from pipeline.tasks.textgen import TextGen
 
-TASKS: dict[str, Task] = register(Classify, Detect, Segment, TextGen, Asr)
+TASKS: dict[str, Task] = register(Classify, Detect, Segment, TextGen, Asr, ImageGen)
 
 
 def get_task(name: str) -> Task:

@@ -137,6 +137,11 @@ class Graph:
     contract: ExportContract
     example: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
+    # a graph assembled from another graph's file instead of exported from ``module`` (a sampler's ONNX
+    # Loop around the denoiser step, which the exporter cannot write): (the source graph's name, a function
+    # of its onnx.ModelProto). Every variant rebuilds it from that variant's source file; ``module`` stays
+    # the torch reference it is verified and timed against
+    assemble: tuple[str, Callable[[Any], Any]] | None = None
 
 
 @dataclass
@@ -178,6 +183,10 @@ class Task(ABC):
     train_unit: ClassVar[str] = "samples"  # what the training step's count measures
     bench_unit: ClassVar[str] = "samples"  # what BenchCase.units measures
     usage: ClassVar[str] = ""  # the model card's "run it with onnxruntime" snippet (markdown)
+    # bundles of other tasks this one needs (imagegen's samples are judged by a classify bundle): task name ->
+    # the data.<field> holding its path; an empty field is filled at train time with the newest finished bundle
+    # of that task beside the run (trained first, with the same preset, when there is none)
+    requires: ClassVar[dict[str, str]] = {}
 
     # -- data and model ------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from serve.tasks.asr import AsrTab
 from serve.tasks.base import TaskTab
 from serve.tasks.classify import ClassifyTab
 from serve.tasks.detect import DetectTab
+from serve.tasks.imagegen import ImageTab
 from serve.tasks.segment import SegmentTab
 from serve.tasks.textgen import TextTab
 
-TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(), DetectTab(), SegmentTab(), TextTab(), AsrTab())}
+TABS: dict[str, TaskTab] = {tab.task: tab for tab in (ClassifyTab(), DetectTab(), SegmentTab(), TextTab(), AsrTab(), ImageTab())}

@@ -335,11 +335,13 @@ def decoder_log_likelihood(runners: Runners, enc: Mapping[str, np.ndarray], spec
     return out
 
 
-def rescore(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, result: Result, weight: float) -> Result:
+def rescore(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, result: Result, weight: float,
+            max_tokens: int) -> Result:
     """Where the CTC head reads a row otherwise than the decoder did, both readings (and the beam's other
     finished ones) are scored by both heads and the best of (1 - weight) x decoder + weight x CTC
     log-likelihood kept: the decoder's skipped or repeated words, which CTC's monotonic alignment does not
-    allow, lose to the CTC reading, and CTC's misspellings to the decoder's."""
+    allow, lose to the CTC reading, and CTC's misspellings to the decoder's. A CTC reading longer than the
+    decoder may write (``max_tokens``, EOS included) is not a candidate."""
     if weight <= 0 or "ctc_log_probs" not in enc or result.hypotheses is None:
         return result
     ctc, mask = enc["ctc_log_probs"], enc["states_mask"]
@@ -350,7 +352,7 @@ def rescore(runners: Runners, enc: Mapping[str, np.ndarray], spec: CacheSpec, re
     for r, hyps in enumerate(result.hypotheses):
         ctc_ids = ctc_greedy(ctc[r, :frames[r]])
         pool = {tuple(ids): score for ids, score in hyps}
-        if tuple(ctc_ids) not in pool:
+        if tuple(ctc_ids) not in pool and len(ctc_ids) < max_tokens:
             extra_rows.append(r)
             extra.append(ctc_ids)
             pool[tuple(ctc_ids)] = None  # the decoder's score comes below
@@ -376,7 +378,7 @@ def decode_batch(runners: Runners, waves: list[np.ndarray], spec: CacheSpec, dec
     enc = encode(runners, waves)
     result = (greedy(runners, enc, spec, decoding.max_tokens) if decoding.beam == 1
               else beam_search(runners, enc, spec, decoding))
-    result = rescore(runners, enc, spec, result, decoding.ctc_weight)
+    result = rescore(runners, enc, spec, result, decoding.ctc_weight, decoding.max_tokens)
     result.log_mel = enc.get("log_mel")
     return result
 
