@@ -22,10 +22,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-def smoke_run(task: str, tmp_path_factory) -> Path:
-    """``run TASK --preset smoke`` in a fresh process; the bundle's folder."""
+def smoke_run(task: str, tmp_path_factory, *sets: str) -> Path:
+    """``run TASK --preset smoke [--set ...]`` in a fresh process; the bundle's folder."""
     out = tmp_path_factory.mktemp("artifacts")
-    proc = run_cli("run", task, "--preset", "smoke", "--out", str(out))
+    proc = run_cli("run", task, "--preset", "smoke", "--out", str(out), *(a for s in sets for a in ("--set", s)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (out / task).iterdir()
     return run_dir
@@ -39,7 +39,11 @@ def smoke_bundles(tmp_path_factory):
 
     def get(task: str) -> Path:
         if task not in built:
-            built[task] = smoke_run(task, tmp_path_factory)
+            from pipeline.tasks import TASKS
+
+            # a task that needs another's bundle (imagegen: a classifier) gets the session's own
+            sets = [f"data.{field}={get(other)}" for other, field in TASKS[task].requires.items()]
+            built[task] = smoke_run(task, tmp_path_factory, *sets)
         return built[task]
 
     return get
@@ -65,7 +69,7 @@ def segment_bundle(smoke_bundles) -> Path:
     return smoke_bundles("segment")
 
 
-BUNDLE_FIXTURES = {"smoke_bundles", "smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",
+BUNDLE_FIXTURES = {"imagegen_bundle", "smoke_bundles", "smoke_bundle", "bundle_copy", "served_bundle", "app_url", "bundle", "client", "textgen_bundle",
                    "text_app", "text_client", "detect_bundle", "segment_bundle", "scene_app", "scene_client"}
 
 

@@ -159,14 +159,9 @@ def test_bad_requests_are_one_readable_error(digit, count, seed, message):
 
 
 @pytest.fixture(scope="session")
-def imagegen_bundle(smoke_bundles, tmp_path_factory):
-    """A smoke imagegen bundle judged by the session's smoke classify bundle."""
-    classifier = smoke_bundles("classify")
-    out = tmp_path_factory.mktemp("imagegen_artifacts")
-    proc = run_cli("run", "imagegen", "--preset", "smoke", "--out", str(out), "--set", f"data.classifier={classifier}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (out / "imagegen").iterdir()
-    return run_dir
+def imagegen_bundle(smoke_bundles):
+    """The smoke imagegen bundle, judged by the session's smoke classify bundle."""
+    return smoke_bundles("imagegen")
 
 
 @pytest.mark.slow
@@ -211,3 +206,54 @@ def test_the_app_generates_through_the_api(imagegen_bundle):
         args = {"digit": 3, "count": 2, "seed": 0, **bad}
         with pytest.raises(BundleError):
             list(loop.generate(b, args["digit"], args["count"], loop.Sampling(), args["seed"]))
+
+
+@pytest.fixture(scope="module")
+def image_client(imagegen_bundle, tmp_path_factory):
+    import os
+    import shutil
+
+    from gradio_client import Client
+
+    from serve.app import build_app
+    from serve.discover import find_bundles
+    from tests.serve.conftest import free_port
+
+    root = tmp_path_factory.mktemp("served_imagegen")
+    shutil.copytree(imagegen_bundle, root / "imagegen" / imagegen_bundle.name)
+    bundles, problems = find_bundles(root)
+    assert set(bundles) == {"imagegen"} and not problems
+    app = build_app(bundles, problems)
+    app.queue(default_concurrency_limit=4)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    app.close()
+
+
+@pytest.mark.slow
+def test_the_image_tab_streams_previews_then_the_gallery(image_client):
+    job = image_client.submit("3", 4, "ddim", 5, 2.0, 0, "fp32", api_name="/generate")
+    gallery, line = job.result()
+    assert len(gallery) == 4 and "4 images in" in line
+    updates = job.outputs()
+    assert len(updates) >= 2, "previews come before the samples"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (("3", 4, "ddim", 0, 2.0, 0, "fp32"), "steps must be"),
+    (("3", 4, "ddim", 5, -1.0, 0, "fp32"), "guidance must be"),
+    (("3", 10_000, "ddim", 5, 2.0, 0, "fp32"), "images must be"),
+    (("3", 4, "ddim", 5, 2.0, 1.5, "fp32"), "seed must be"),
+    (("12", 4, "ddim", 5, 2.0, 0, "fp32"), "unknown digit"),
+    (("3", 4, "ddim", 10_000, 2.0, 0, "fp32"), "at most"),
+])
+def test_bad_requests_get_one_readable_message_and_the_server_keeps_serving(image_client, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        image_client.predict(*args, api_name="/generate")
+    gallery, _ = image_client.predict("1", 1, "dpm++2m", 3, 1.0, 5, "fp32", api_name="/generate")
+    assert len(gallery) == 1

@@ -160,14 +160,18 @@ def sampler_graph(run: Runner, noise: np.ndarray, label: np.ndarray, guidance: f
 # The app
 
 
+def whole(value):
+    """A whole float (what sliders and number boxes send) as an int; anything else as it is."""
+    return int(value) if isinstance(value, float) and math.isfinite(value) and value.is_integer() else value
+
+
 def check_request(digit: int, count: int, seed, labels: list[str]) -> tuple[int, int, int]:
     """The tab's and API's inputs -> (label, count, seed), or a BundleError saying what is wrong."""
     if not isinstance(digit, (int, np.integer)) or isinstance(digit, bool) or not 0 <= digit < len(labels):
         raise BundleError(f"label must be one of 0..{len(labels) - 1} ({', '.join(labels)}), got {digit!r}")
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= MAX_IMAGES:
         raise BundleError(f"images must be a whole number from 1 to {MAX_IMAGES}, got {count!r}")
-    if isinstance(seed, float) and seed.is_integer():
-        seed = int(seed)
+    seed = whole(seed)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
         raise BundleError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     return int(digit), int(count), int(seed)
@@ -226,8 +230,8 @@ class ImageTab(TaskTab):
 
         def run(digit, count, sampler, steps, guidance, seed, variant):
             label = labels.index(digit) if digit in labels else digit
-            s = Sampling(sampler, int(steps) if isinstance(steps, float) and steps.is_integer() else steps,
-                         float(guidance) if isinstance(guidance, (int, float)) else guidance)
+            count, steps, seed = (whole(v) for v in (count, steps, seed))
+            s = Sampling(sampler, steps, float(guidance) if isinstance(guidance, (int, float)) else guidance)
             every = max(1, s.steps // 5)
             for images, final, line in generate(bundle, label, count, s, seed, variant, preview_every=every):
                 shown = [(im[..., 0] if im.shape[-1] == 1 else im, f"{labels[label]}") for im in images]

@@ -9,9 +9,11 @@ list") while the networks got NHWC-strided inputs.
 """
 from __future__ import annotations
 
+import inspect
 import sys
 
 import torch
+
 from torch import nn
 
 from pipeline.tasks import TASKS
@@ -27,7 +29,8 @@ def conv_tasks(preset: str):
         if name == "classify":
             cfg = resolve(task, preset, {"model": {"name": "resnet"}})  # the strided shortcuts of the quick preset
         model = build_model(task, None, cfg)
-        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        takes_images = len(inspect.signature(model.forward).parameters) == 1  # (a denoiser also takes t, label)
+        if takes_images and any(isinstance(m, nn.Conv2d) for m in model.modules()):
             yield name, model, getattr(cfg.model, "in_chans", 3)
 
 

@@ -11,7 +11,7 @@ from pipeline.tasks.classify import Classify
 
 
 def test_every_registered_task_is_complete():
-    assert list(TASKS) == ["classify", "detect", "segment", "textgen", "asr"]
+    assert list(TASKS) == ["classify", "detect", "segment", "textgen", "asr", "imagegen"]
     for name, task in TASKS.items():
         assert task.name == name and not getattr(type(task), "__abstractmethods__", None)
         assert task.default_model in task.architectures
