@@ -209,11 +209,8 @@ def test_the_app_generates_through_the_api(imagegen_bundle):
 
 
 @pytest.fixture(scope="module")
-def image_client(imagegen_bundle, tmp_path_factory):
-    import os
+def image_app(imagegen_bundle, tmp_path_factory):
     import shutil
-
-    from gradio_client import Client
 
     from serve.app import build_app
     from serve.discover import find_bundles
@@ -227,9 +224,18 @@ def image_client(imagegen_bundle, tmp_path_factory):
     app.queue(default_concurrency_limit=4)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield f"http://127.0.0.1:{port}/"
     app.close()
+
+
+@pytest.fixture(scope="module")
+def image_client(image_app):
+    import os
+
+    from gradio_client import Client
+
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    return Client(image_app, verbose=False)
 
 
 @pytest.mark.slow
@@ -257,3 +263,24 @@ def test_bad_requests_get_one_readable_message_and_the_server_keeps_serving(imag
         image_client.predict(*args, api_name="/generate")
     gallery, _ = image_client.predict("1", 1, "dpm++2m", 3, 1.0, 5, "fp32", api_name="/generate")
     assert len(gallery) == 1
+
+
+@pytest.mark.slow
+def test_chromium_sees_the_images_appear(image_app):
+    """In the browser: the Image tab, 6 images of a 5 asked for; previews then a gallery of 6 drawn images."""
+    from tests.serve.test_browser import SCREENSHOTS, chromium_page
+
+    with chromium_page() as page:
+        page.goto(image_app)
+        page.get_by_role("tab", name="Image").click()
+        page.fill("#imagegen-count input[type=number]", "6")
+        page.press("#imagegen-count input[type=number]", "Enter")
+        page.click("#imagegen-run")
+        page.wait_for_function("() => document.querySelector('#imagegen-line textarea').value.includes('images in')",
+                               timeout=60_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#imagegen-gallery img')]"
+                               ".filter(i => i.complete && i.naturalWidth > 0).length >= 6", timeout=30_000)
+        line = page.input_value("#imagegen-line textarea")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "imagegen-gallery.png"))
+    assert line.startswith("6 images in"), line
