@@ -104,17 +104,19 @@ def sample_steps(eps_fn: Callable[..., np.ndarray], abar: np.ndarray, noise: np.
         if s.sampler == "dpm++2m":
             x = _dpm_solver_2m(x, x0, a, ap, previous)
             previous = (x0, _lambda(a), _lambda(ap))
-        elif s.sampler == "ddpm" or s.eta > 0:
-            # the posterior q(x_tp | x_t, x0) (DDPM), or DDIM with eta of its variance
+        else:
+            # DDIM (Song et al.) with eta of DDPM's variance (ddpm: eta 1, the posterior q(x_tp | x_t, x0)). The
+            # noise direction is the one consistent with the *clipped* x0: keeping the network's own eps put
+            # back what the clipping took out, and at guidance 2 the samples' judged accuracy fell from 100%
+            # to 80% (25 steps; 58% at 50), where DPM-Solver++, which uses x0 alone, kept 100%
             eta = 1.0 if s.sampler == "ddpm" else s.eta
             var = eta**2 * (1 - ap) / (1 - a) * (1 - a / ap)
-            dir_ = math.sqrt(max(1 - ap - var, 0.0))
-            e_hat = (x - np.float32(math.sqrt(a)) * x0) / np.float32(math.sqrt(1 - a))  # eps consistent with x0
-            x = np.float32(math.sqrt(ap)) * x0 + np.float32(dir_) * e_hat
+            e_hat = (x - np.float32(math.sqrt(a)) * x0) / np.float32(math.sqrt(1 - a))
+            x = np.float32(math.sqrt(ap)) * x0 + np.float32(math.sqrt(max(1 - ap - var, 0.0))) * e_hat
             if var > 0:
                 x = x + np.float32(math.sqrt(var)) * rng.standard_normal(x.shape, dtype=np.float32)
-        else:  # DDIM, eta 0: the deterministic step the sampler graph runs
-            x = np.float32(math.sqrt(ap)) * x0 + np.float32(math.sqrt(1 - ap)) * e
+        if not np.isfinite(x).all():
+            raise BundleError(f"the denoiser returned non-finite values at step {i + 1} of {s.steps}")
         yield i, x.astype(np.float32), x0
 
 
