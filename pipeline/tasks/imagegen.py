@@ -107,7 +107,7 @@ PRESETS = {
               "train": {"steps": 20, "eval_every": 20, "batch_size": 32, "lr": 2e-3, "warmup_steps": 2},
               "inference": {"steps": 5, "few_steps": 3, "eval_per_class": 2},
               "optimize": {"calibration_samples": 16},
-              "benchmark": {"steps": [2, 5], "batch_sizes": [1, 4], "seconds": 0.05, "min_runs": 1,
+              "benchmark": {"steps": [2], "batch_sizes": [1, 2], "seconds": 0.05, "min_runs": 1,
                             "torch_compile": False}},
     # widths 16/32/64: 0.26 s a step of 128 here (32/64/64: 0.57 s)
     "quick": {"model": {"widths": [16, 32, 64], "emb_dim": 64, "heads": 4},
