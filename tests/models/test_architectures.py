@@ -17,7 +17,7 @@ CASES = {"mlp": {"hidden": (32, 16)}, "lenet": {"channels": (8, 16), "hidden": 2
 
 
 def test_every_registered_model_is_tested():
-    assert set(CASES) | {"gpt", "ssd", "unet", "whisper"} == set(models.MODELS)  # whisper: tests/models/test_whisper.py
+    assert set(CASES) | {"gpt", "ssd", "unet", "whisper", "diffusion"} == set(models.MODELS)  # whisper: test_whisper.py; diffusion: tests/test_imagegen.py
     assert set(CASES) == set(CLASSIFIERS)
 
 
@@ -49,7 +49,7 @@ def test_rebuilt_from_config(name):
 
 
 def test_unknown_model_lists_known():
-    with pytest.raises(KeyError, match="known: gpt, lenet, mlp, resnet, ssd, unet, vit"):
+    with pytest.raises(KeyError, match="known: diffusion, gpt, lenet, mlp, resnet, ssd, unet, vit, whisper"):
         models.create_model("alexnet")
 
 
