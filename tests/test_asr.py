@@ -198,10 +198,11 @@ def test_teacher_forced_scores_are_the_loops_own(asr_bundle):
             pool = {loop.decode_ids(h) for h, _ in result.hypotheses[r]}
             pool.add(loop.decode_ids(loop.ctc_greedy(enc["ctc_log_probs"][r, :frames])))
             assert text in pool
-    # a CTC reading longer than the decoder may write is no candidate (its positions would overflow): greedy's
-    # one reading stands
+    # a CTC reading longer than the decoder may write is no candidate (its positions would overflow): with room
+    # for EOS alone, greedy's reading stands unless the CTC head reads nothing at all
     result = loop.greedy(runners, enc, spec, 20)
-    assert loop.rescore(runners, enc, spec, result, 0.5, 1).texts == result.texts
+    for r, text in enumerate(loop.rescore(runners, enc, spec, result, 0.5, 1).texts):
+        assert text in (result.texts[r], "")
 
 
 def test_silence_gives_an_empty_transcript_and_a_note(asr_bundle):
