@@ -241,20 +241,10 @@ def test_model_card_snippet_transcribes_a_wav_file(asr_bundle, tmp_path, monkeyp
 
 @pytest.fixture(scope="module")
 def asr_app(asr_bundle, tmp_path_factory):
-    from serve.app import build_app
-    from serve.discover import find_bundles
-    from tests.serve.conftest import free_port
+    from tests.serve.conftest import served
 
-    root = tmp_path_factory.mktemp("served")
-    shutil.copytree(asr_bundle, root / "asr" / asr_bundle.name)
-    bundles, problems = find_bundles(root)
-    assert set(bundles) == {"asr"} and not problems
-    app = build_app(bundles, problems)
-    app.queue(default_concurrency_limit=8)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="5mb")
-    yield f"http://127.0.0.1:{port}/", root / "asr" / asr_bundle.name
-    app.close()
+    with served([asr_bundle], tmp_path_factory, max_file_size="5mb") as (url, root):
+        yield url, root / "asr" / asr_bundle.name
 
 
 def test_transcribe_through_the_api(asr_app, tmp_path):

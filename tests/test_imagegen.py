@@ -210,22 +210,10 @@ def test_the_app_generates_through_the_api(imagegen_bundle):
 
 @pytest.fixture(scope="module")
 def image_app(imagegen_bundle, tmp_path_factory):
-    import shutil
+    from tests.serve.conftest import served
 
-    from serve.app import build_app
-    from serve.discover import find_bundles
-    from tests.serve.conftest import free_port
-
-    root = tmp_path_factory.mktemp("served_imagegen")
-    shutil.copytree(imagegen_bundle, root / "imagegen" / imagegen_bundle.name)
-    bundles, problems = find_bundles(root)
-    assert set(bundles) == {"imagegen"} and not problems
-    app = build_app(bundles, problems)
-    app.queue(default_concurrency_limit=4)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
+    with served([imagegen_bundle], tmp_path_factory, concurrency=4) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -283,21 +283,10 @@ def test_segment_graph_gives_mask_and_probs_at_input_size(segment_bundle):
 
 @pytest.fixture(scope="module")
 def scene_app(detect_bundle, segment_bundle, tmp_path_factory):
-    from serve.app import build_app
-    from serve.discover import find_bundles
-    from tests.serve.conftest import free_port
+    from tests.serve.conftest import served
 
-    root = tmp_path_factory.mktemp("served")
-    for bundle in (detect_bundle, segment_bundle):
-        shutil.copytree(bundle, root / bundle.parent.name / bundle.name)
-    bundles, problems = find_bundles(root)
-    assert set(bundles) == {"detect", "segment"} and not problems
-    app = build_app(bundles, problems)
-    app.queue(default_concurrency_limit=8)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", root
-    app.close()
+    with served([detect_bundle, segment_bundle], tmp_path_factory) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

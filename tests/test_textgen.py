@@ -4,7 +4,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 
 import numpy as np
@@ -131,20 +130,10 @@ def test_every_variant_runs_the_loop_and_greedy_follows_fp32(textgen_bundle):
 
 @pytest.fixture(scope="module")
 def text_app(textgen_bundle, tmp_path_factory):
-    from serve.app import build_app
-    from serve.discover import find_bundles
-    from tests.serve.conftest import free_port
+    from tests.serve.conftest import served
 
-    root = tmp_path_factory.mktemp("served")
-    shutil.copytree(textgen_bundle, root / "textgen" / textgen_bundle.name)
-    bundles, problems = find_bundles(root)
-    assert set(bundles) == {"textgen"} and not problems
-    app = build_app(bundles, problems)
-    app.queue(default_concurrency_limit=8)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
+    with served([textgen_bundle], tmp_path_factory) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

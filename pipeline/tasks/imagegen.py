@@ -557,22 +557,26 @@ Image.fromarray(np.concatenate(list(images[..., 0]), axis=1)).resize((count * 64
         return 100.0 * float((probs.argmax(1) == labels).mean())
 
     def score(self, outputs: np.ndarray, items: Requests, cfg: RunConfig) -> dict[str, float]:
-        judge = self.judge(cfg)
-        probs, feats = judge(outputs)
+        probs, feats = self.judge(cfg)(outputs)
         real = self._real(cfg)
-        real_probs, real_feats = judge(real.images)
         ink = outputs.astype(np.float64)
         return {"accuracy": 100.0 * float((probs.argmax(1) == items.labels).mean()),
-                "real_accuracy": 100.0 * float((real_probs.argmax(1) == real.labels).mean()),
-                "frechet": frechet(feats, real_feats),
-                "diversity": spread(outputs, items.labels) / spread(real.images, real.labels),
+                "real_accuracy": real["accuracy"],
+                "frechet": frechet(feats, real["features"]),
+                "diversity": spread(outputs, items.labels) / real["spread"],
                 "blank": 100.0 * float((ink.reshape(len(ink), -1).min(1) > 200).mean())}
 
-    def _real(self, cfg: RunConfig) -> ImageSplit:
-        key = (cfg.data.source, cfg.data.held_out_per_class, cfg.data.image_size, cfg.data.seed)
+    def _real(self, cfg: RunConfig) -> dict[str, Any]:
+        """The held-out real images as the judge sees them (its accuracy, features, their spread): computed
+        once per data config and classifier, not once per variant and scored set."""
+        key = (cfg.data.source, cfg.data.held_out_per_class, cfg.data.image_size, cfg.data.seed, cfg.data.classifier)
         if getattr(self, "_real_key", None) != key:
-            self._real_key, self._real_split = key, self.load_data(cfg).held_out
-        return self._real_split
+            real = self.load_data(cfg).held_out
+            probs, feats = self.judge(cfg)(real.images)
+            self._real_key, self._real_seen = key, {
+                "accuracy": 100.0 * float((probs.argmax(1) == real.labels).mean()), "features": feats,
+                "spread": spread(real.images, real.labels)}
+        return self._real_seen
 
     def parity(self, reference: np.ndarray, candidate: np.ndarray, items=None) -> dict[str, float]:
         diff = np.abs(reference.astype(np.int16) - candidate.astype(np.int16))
@@ -603,9 +607,6 @@ Image.fromarray(np.concatenate(list(images[..., 0]), axis=1)).resize((count * 64
                     cases.append(BenchCase({"batch": batch, "steps": n, "loop": "sampler.onnx" if graph else "numpy"},
                                            Requests(labels, 3, Sampling("ddim", n, cfg.inference.guidance), graph), batch))
         return cases
-
-    def call_axes(self, graph: str, feeds) -> dict[str, int | str] | None:
-        return None
 
     def examples(self, data: DigitImages, cfg: RunConfig) -> list[tuple[str, bytes]]:
         from PIL import Image

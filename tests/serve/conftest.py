@@ -1,5 +1,7 @@
 import shutil
 import socket
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +10,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def served(bundles: list[Path], tmp_path_factory, concurrency: int = 8, **launch):
+    """The app over copies of ``bundles`` (laid out as ``<root>/<task>/<run>``), launched on a free port:
+    yields (its URL, the root); every bundle must be found, with no problems."""
+    from serve.app import build_app
+    from serve.discover import find_bundles
+
+    root = tmp_path_factory.mktemp("served")
+    for bundle in bundles:
+        shutil.copytree(bundle, root / bundle.parent.name / bundle.name)
+    found, problems = find_bundles(root)
+    assert set(found) == {b.parent.name for b in bundles} and not problems
+    app = build_app(found, problems)
+    app.queue(default_concurrency_limit=concurrency)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
+    try:
+        yield f"http://127.0.0.1:{port}/", root
+    finally:
+        app.close()
 
 
 @pytest.fixture
