@@ -1,21 +1,31 @@
-"""Load on the running app: N concurrent clients call the classify endpoint on loopback for a
-bounded time, through Gradio's HTTP API (upload, call, result: what any language's client does);
-prints requests/s, p50/p99 latency and errors.
+"""Load on the served models: N concurrent clients on loopback for a bounded time; prints requests/s,
+p50/p99 latency, errors, and the server's CPU per request.
 
-    .venv/bin/python benchmarks/serve_load.py [ARTIFACTS_DIR] [--clients 16] [--seconds 20]
+    .venv/bin/python benchmarks/serve_load.py [ARTIFACTS_DIR] [--task classify] [--clients 1,16,64]
+        [--protocol v2|gradio] [--tool python|wrk] [--url http://HOST:8000] [--seconds 20]
 
-Starts ``python -m serve`` on a free loopback port itself and stops it at the end. Each request
-uploads one held-out digit PNG (from the bundle's examples) and waits for the label.
+- ``--protocol v2`` (default): the Open Inference Protocol's infer endpoint with binary tensors (what
+  ``tritonclient`` sends), one held-out example of the bundle per request; ``gradio``: the app's HTTP API
+  (upload, call, result), classify only.
+- ``--tool wrk``: Debian's ``wrk`` with benchmarks/v2_infer.lua drives the v2 endpoint (a load tool made
+  for it, in C: the client costs the 2 cores far less than Python's); ``python``: asyncio + httpx.
+- ``--task textgen``: concurrent generations on the ``textgen`` model; reports generated tokens (bytes)/s.
+- ``--url``: a server already running (``python -m serve``, or Triton); without it the script starts
+  ``python -m serve`` on free loopback ports and stops it at the end.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +34,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
+LUA = ROOT / "benchmarks" / "v2_infer.lua"
 
 
 def free_port() -> int:
@@ -32,7 +43,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -54,97 +65,204 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-async def one_request(client, image: bytes, name: str, variant: str) -> None:
+# -- what one request is ----------------------------------------------------------------------
+
+
+def v2_body(inputs: dict[str, np.ndarray], **parameters) -> tuple[bytes, int]:
+    """An infer request with binary tensors: (body, JSON header length)."""
+    header, blobs = {"inputs": [], "parameters": {"binary_data_output": True, **parameters}}, []
+    for name, value in inputs.items():
+        raw = (b"".join(len(v).to_bytes(4, "little") + v for v in value.reshape(-1)) if value.dtype == object
+               else np.ascontiguousarray(value).tobytes())
+        datatype = "BYTES" if value.dtype == object else {"uint8": "UINT8", "float32": "FP32", "int64": "INT64"}[value.dtype.name]
+        header["inputs"].append({"name": name, "shape": list(value.shape), "datatype": datatype,
+                                 "parameters": {"binary_data_size": len(raw)}})
+        blobs.append(raw)
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), len(head)
+
+
+def requests_for(task: str, bundle: Path, new_tokens: int) -> tuple[str, list[tuple[bytes, int]]]:
+    """The model to call and a few request bodies for it, from the bundle's held-out examples."""
+    from PIL import Image
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if task == "textgen":
+        prompts = [b"The return value of this function is", b"If the argument is omitted,", b"A new list"]
+        return "textgen", [v2_body({"prompt": np.array([p], dtype=object)}, max_new_tokens=new_tokens, temperature=0)
+                           for p in prompts]
+    examples = [bundle / n for n in manifest.get("examples", []) if n.endswith(".png")][:8]
+    if not examples:
+        sys.exit(f"{bundle} has no example images")
+    bodies = []
+    for path in examples:
+        image = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("L" if task == "classify" else "RGB"))
+        image = image[..., None] if image.ndim == 2 else image
+        bodies.append(v2_body({"image": image[None]}))
+    return f"{task}_model", bodies
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+def v2_call(model: str):
+    """One v2 infer call of ``model`` on an httpx client; returns the bytes of text it generated (0 for tensors)."""
+    path = f"/v2/models/{model}/infer"
+
+    async def call(client, item: tuple[bytes, int]) -> int:
+        body, n = item
+        r = await client.post(path, content=body, headers={"Inference-Header-Content-Length": str(n)})
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {r.text[:160]}")
+        head = json.loads(r.content[:int(r.headers.get("inference-header-content-length", len(r.content)))])
+        out = head["outputs"][0]
+        return out["parameters"]["binary_data_size"] - 4 * int(np.prod(out["shape"])) if out["datatype"] == "BYTES" else 0
+
+    return call
+
+
+async def gradio_call(client, item: tuple[bytes, str]) -> int:
     """Gradio's HTTP API, as any language would call it: upload, start the call, read its result."""
+    image, name = item
     r = await client.post("/gradio_api/upload", files={"files": (name, image, "image/png")})
     r.raise_for_status()
-    data = [{"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}, variant]
+    data = [{"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}, "fp32"]
     r = await client.post("/gradio_api/call/classify", json={"data": data})
     r.raise_for_status()
     r = await client.get(f"/gradio_api/call/classify/{r.json()['event_id']}")
     event = next((line for line in r.text.splitlines() if line.startswith("event:")), "")
     if "complete" not in event:
         raise RuntimeError(r.text.strip().replace("\n", " ")[:200])
+    return 0
 
 
-async def load(url: str, examples: list[str], args) -> tuple[list[float], list[str], float]:
-    """``args.clients`` clients, each first making ``args.warmup`` untimed calls, then calling in a
-    loop for ``args.seconds`` (the same window for all)."""
+async def python_load(url: str, call, items: list, clients: int, seconds: float,
+                      warmup: int = 3) -> tuple[list[float], list[str], float, int]:
+    """asyncio + httpx clients, each calling ``call`` over ``items`` in a loop (untimed warm-up first).
+    Also returns the bytes generated (textgen)."""
     import httpx
 
-    images = [(Path(p).read_bytes(), Path(p).name) for p in examples]
     latencies: list[float] = []
     errors: list[str] = []
+    produced = [0]
     warmed, all_warm, start = [0], asyncio.Event(), asyncio.Event()
     deadline = [0.0]
 
     async def client_loop(i: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            for k in range(args.warmup):  # connections and first-call paths, not timed
-                await one_request(client, *images[(i + k) % len(images)], args.variant)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=1)) as client:
+            for k in range(warmup):
+                await call(client, items[(i + k) % len(items)])
             warmed[0] += 1
-            if warmed[0] == args.clients:
+            if warmed[0] == clients:
                 all_warm.set()
             await start.wait()
             k = i
             while time.perf_counter() < deadline[0]:
                 t0 = time.perf_counter()
                 try:
-                    await one_request(client, *images[k % len(images)], args.variant)
+                    produced[0] += await call(client, items[k % len(items)])
                     latencies.append(time.perf_counter() - t0)
                 except Exception as e:  # noqa: BLE001 - counted and reported
                     errors.append(f"{type(e).__name__}: {e}"[:200])
                 k += 1
 
-    tasks = [asyncio.create_task(client_loop(i)) for i in range(args.clients)]
+    tasks = [asyncio.create_task(client_loop(i)) for i in range(clients)]
     await all_warm.wait()
     t0 = time.perf_counter()
-    deadline[0] = t0 + args.seconds
+    deadline[0] = t0 + seconds
     start.set()
     await asyncio.gather(*tasks)
-    return latencies, errors, time.perf_counter() - t0
+    return latencies, errors, time.perf_counter() - t0, produced[0]
+
+
+def wrk_load(url: str, model: str, body: tuple[bytes, int], clients: int, seconds: float) -> dict[str, float]:
+    """``wrk`` on one request body: requests/s, p50/p99 ms, errors (non-2xx, socket errors)."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk); or use --tool python")
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(body[0])
+    try:
+        out = subprocess.run(["wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{seconds:g}s", "--latency",
+                              "-s", str(LUA), f"{url}/v2/models/{model}/infer", "--", f.name, str(body[1])],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)] if m else float("nan")
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"rate": rate, "p50": ms("50%"), "p99": ms("99%"), "errors": non2xx + sock, "requests": total}
+
+
+# -- the report --------------------------------------------------------------------------------
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts", nargs="?", default="artifacts")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--variant", default="fp32")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per client before the timed window")
-    ap.add_argument("--concurrency", type=int, default=8, help="the server's --concurrency")
+    ap.add_argument("--task", default="classify", choices=["classify", "detect", "segment", "textgen"])
+    ap.add_argument("--clients", default="1,16,64", help="comma-separated client counts (default: 1,16,64)")
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--protocol", default="v2", choices=["v2", "gradio"])
+    ap.add_argument("--tool", default="wrk", choices=["wrk", "python"])
+    ap.add_argument("--url", help="a running server's v2 address (http://HOST:PORT); default: start python -m serve")
+    ap.add_argument("--new-tokens", type=int, default=64, help="textgen: bytes generated per request")
+    ap.add_argument("--server-args", default="", help="extra arguments for the python -m serve it starts")
     args = ap.parse_args()
-
-    manifests = sorted(Path(args.artifacts).glob("classify/*/manifest.json"))
+    if args.protocol == "gradio" and args.task != "classify":
+        sys.exit("the Gradio path is measured on classify")
+    manifests = sorted(Path(args.artifacts).glob(f"{args.task}/*/manifest.json"))
     if not manifests:
-        sys.exit(f"no classify bundle in {args.artifacts}; make one with `python -m pipeline run classify --preset quick`")
+        sys.exit(f"no {args.task} bundle in {args.artifacts}; make one with `python -m pipeline run {args.task} --preset quick`")
     bundle = manifests[-1].parent
-    examples = [str(bundle / n) for n in json.loads(manifests[-1].read_text()).get("examples", [])]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    server = subprocess.Popen([sys.executable, "-m", "serve", args.artifacts, "--port", str(port),
-                               "--concurrency", str(args.concurrency)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    model, bodies = requests_for(args.task, bundle, args.new_tokens)
+    server = None
+    url = args.url.rstrip("/") if args.url else None
+    if url is None:
+        port, v2 = free_port(), free_port()
+        server = subprocess.Popen([sys.executable, "-m", "serve", args.artifacts, "--port", str(port), "--v2-port", str(v2),
+                                   *args.server_args.split()], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        url = f"http://127.0.0.1:{v2 if args.protocol == 'v2' else port}"
+        wait_ready(f"{url}/v2/health/ready" if args.protocol == "v2" else url, server)
+    tool = "python" if args.task == "textgen" or args.protocol == "gradio" else args.tool
+    call, items = v2_call(model), bodies
+    if args.protocol == "gradio":
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        call, items = gradio_call, [((bundle / n).read_bytes(), Path(n).name) for n in manifest["examples"][:8]]
+    what = "v2 binary tensors" if args.protocol == "v2" else "Gradio's HTTP API"
+    print(f"bundle {bundle.name}, model {model}, {what}, load by {tool}, {args.seconds:g} s per row")
+    print("| clients | requests/s | p50 ms | p99 ms | errors | server CPU ms/request |" +
+          (" tokens/s |" if args.task == "textgen" else ""))
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if args.task == "textgen" else ""))
     try:
-        wait_ready(url, server)
-        cpu0 = cpu_seconds(server.pid)
-        latencies, errors, elapsed = asyncio.run(load(url, examples, args))
-        server_cpu = cpu_seconds(server.pid) - cpu0
-        lat = np.asarray(latencies) * 1000
-        print(f"bundle {bundle.name}, variant {args.variant}, {args.clients} clients, {elapsed:.1f} s, "
-              f"server concurrency {args.concurrency}")
-        print(f"requests {len(lat)}  errors {len(errors)}  throughput {len(lat) / elapsed:.1f} req/s")
-        if len(lat):
-            print(f"latency ms: p50 {np.percentile(lat, 50):.1f}  p90 {np.percentile(lat, 90):.1f}  "
-                  f"p99 {np.percentile(lat, 99):.1f}  max {lat.max():.1f}")
-        if len(lat) and server_cpu > 0:
-            print(f"server CPU: {1000 * server_cpu / len(lat):.1f} ms per request "
-                  f"({100 * server_cpu / elapsed:.0f}% of one core)")
-        for e in sorted(set(errors))[:5]:
-            print("error:", e)
+        for clients in (int(c) for c in args.clients.split(",")):
+            cpu0 = cpu_seconds(server.pid) if server else 0.0
+            if tool == "wrk":
+                r = wrk_load(url, model, bodies[0], clients, args.seconds)
+                count, extra = r["requests"], ""
+            else:
+                lat, errors, elapsed, produced = asyncio.run(python_load(url, call, items, clients, args.seconds))
+                lat_ms = np.asarray(lat) * 1000 if lat else np.array([np.nan])
+                r = {"rate": len(lat) / elapsed, "p50": np.percentile(lat_ms, 50), "p99": np.percentile(lat_ms, 99),
+                     "errors": len(errors)}
+                count = len(lat)
+                extra = f" {produced / elapsed:.0f} |" if args.task == "textgen" else ""
+                for e in sorted(set(errors))[:3]:
+                    print("error:", e, file=sys.stderr)
+            cpu = (cpu_seconds(server.pid) - cpu0) if server else 0.0
+            per = f"{1000 * cpu / count:.2f}" if server and count else "-"
+            print(f"| {clients} | {r['rate']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {per} |{extra}",
+                  flush=True)
     finally:
-        server.terminate()
-        server.wait(10)
+        if server:
+            server.terminate()
+            server.wait(10)
 
 
 if __name__ == "__main__":

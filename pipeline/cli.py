@@ -40,6 +40,12 @@ def _parser() -> ArgumentParser:
     sp.add_argument("--tensorrt", action="store_true", help="a TensorRT FP16 engine (needs tensorrt and an NVIDIA GPU)")
     sp = sub.add_parser("benchmark", help="time every backend side by side")
     sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp = sub.add_parser("triton", help="a Triton Inference Server model repository of bundles (the models of "
+                        "python -m serve's inference protocol)")
+    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="bundles, one per task")
+    sp.add_argument("--out", required=True, metavar="REPO", help="the repository folder to write")
+    sp.add_argument("--variant", help="the variant every graph model holds (default: each bundle's serving choice)")
+    sp.add_argument("--force", action="store_true", help="replace REPO if it exists")
     sp = sub.add_parser("run", help="train -> export -> optimize -> benchmark")
     sp.add_argument("task", help=", ".join(TASKS) + ", or all")
     train_args(sp)
@@ -75,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                             tensorrt=args.tensorrt)
         elif args.command == "benchmark":
             stages.benchmark(args.run_dir)
+        elif args.command == "triton":
+            from pipeline.triton import write_repository
+
+            names = write_repository(args.run_dirs, args.out, args.variant, args.force)
+            print(f"Triton model repository {Path(args.out).resolve()}: {', '.join(names)}")
     except (PipelineError, ExportError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,6 +29,17 @@ def _return_freed_memory() -> None:
         pass
 
 
+def _bytes(size: str) -> int:
+    """``10mb`` -> bytes (Gradio's size notation: b, kb, mb, gb)."""
+    text = size.strip().lower()
+    for unit, scale in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("b", 1)):
+        if text.endswith(unit) and text[:-len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(text[:-len(unit)]) * scale)
+    if text.isdigit():
+        return int(text)
+    raise ArgumentTypeError(f"expected a size such as 10mb, got {size!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
     p.add_argument("artifacts", nargs="?", default="artifacts", help="artifacts folder (default: artifacts)")
@@ -46,7 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-upload", default="10mb", help="largest upload file (default: 10mb)")
     p.add_argument("--max-side", type=_positive, default=LIMITS.max_side,
                    help=f"largest image side in pixels, checked before decoding (default: {LIMITS.max_side})")
+    p.add_argument("--v2-port", type=int, default=8000, metavar="PORT",
+                   help="port of the Open Inference Protocol (KServe v2 / Triton HTTP: /v2/...; default 8000, "
+                        "Triton's own; 0: off)")
+    p.add_argument("--v2-workers", type=_positive, default=2, metavar="N",
+                   help="threads running the protocol's graph calls (default: 2)")
+    p.add_argument("--batch-window", type=float, default=0.0, metavar="MS",
+                   help="milliseconds a graph call waits for others to batch with, beyond those that queued "
+                        "while the previous batch ran (default: 0)")
     args = p.parse_args(argv)
+    try:
+        max_body = _bytes(args.max_upload)
+    except ArgumentTypeError as e:
+        p.error(f"argument --max-upload: {e}")
     LIMITS.max_side = args.max_side
     _return_freed_memory()
 
@@ -84,11 +107,30 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    protocol = None
+    if args.v2_port:
+        from serve.protocol import Protocol, Server, models_of
+        from serve.triton_config import model_config
+
+        v2 = Protocol(models_of(bundles), max_body=max_body, workers=args.v2_workers,
+                      window=args.batch_window / 1000, concurrency=args.concurrency, config=model_config)
+        protocol = Server(v2, args.host, args.v2_port)
+        try:
+            protocol.start()
+        except OSError as e:
+            print(f"error: cannot serve the inference protocol on {args.host}:{args.v2_port}: {e} "
+                  "(--v2-port picks another, 0 turns it off)", file=sys.stderr)
+            app.close()
+            return 2
+        print(f"inference protocol (KServe v2) on http://{args.host}:{args.v2_port}/v2: "
+              f"{len(v2.models)} models", flush=True)
     print(f"serving on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     try:
         app.block_thread()
     except KeyboardInterrupt:
         pass
+    if protocol is not None:
+        protocol.stop()
     return 0
 
 

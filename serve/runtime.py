@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import onnxruntime as ort
 
 from serve.bundle import (BundleError, Serving, check_graphs, first_line, graph_files, read_manifest, serving_of,
                           sha256, sha256_bytes, variant_runtime, variant_title)
@@ -47,7 +46,16 @@ def releases(feeds: Feeds) -> bool:
     return sum(v.nbytes for v in feeds.values() if isinstance(v, np.ndarray) and v.dtype == np.uint8) > ARENA_KEEP_BYTES
 
 
-def _session_options(spin: bool, threads: int, arena: bool) -> ort.SessionOptions:
+def _ort():
+    """onnxruntime, imported on first use: a bundle's loops run without it where its graphs run elsewhere
+    (Triton's Python backend, :mod:`serve.triton_backend`)."""
+    import onnxruntime
+
+    return onnxruntime
+
+
+def _session_options(spin: bool, threads: int, arena: bool) -> "ort.SessionOptions":
+    ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # a server runs many small requests side by side: idle ORT threads sleep rather than spin.
@@ -65,6 +73,7 @@ class OrtSession:
 
     def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int = 0,
                  name: str = "the graph", spin: bool = False):
+        ort = _ort()
         available = ort.get_available_providers()
         asked = providers or [p for p in PREFERRED if p in available]
         # the CPU arena on: ORT reuses its buffers from one call to the next instead of asking the

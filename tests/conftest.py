@@ -34,10 +34,15 @@ def smoke_run(task: str, tmp_path_factory, *sets: str) -> Path:
 @pytest.fixture(scope="session")
 def smoke_bundles(tmp_path_factory):
     """``smoke_bundles(task)``: the task's smoke bundle, built once per session (in a fresh process) and
-    shared by every test that only reads it."""
+    shared by every test that only reads it. Developers may set ``SMOKE_BUNDLES`` to a folder holding
+    ``<task>/<run>`` bundles of an earlier session to reuse them (tests must only read them)."""
     built: dict[str, Path] = {}
 
+    reuse = os.environ.get("SMOKE_BUNDLES")  # a folder of <task>/<run> smoke bundles from an earlier session
+
     def get(task: str) -> Path:
+        if task not in built and reuse and len(found := sorted(Path(reuse).glob(f"{task}/*/manifest.json"))) == 1:
+            built[task] = found[0].parent
         if task not in built:
             from pipeline.tasks import TASKS
 

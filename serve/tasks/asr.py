@@ -26,10 +26,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from serve.bundle import BundleError
-from serve.inputs import InputError, number
+from serve.inputs import InputError, decode_audio, number
 from serve.kv_cache import CacheSpec, KVCache, cross_names, past_names  # noqa: F401 (the task's names)
 from serve.runtime import Bundle
-from serve.tasks.base import TaskTab, audio_input, choice_input, guarded, number_input
+from serve.tasks.base import TaskTab, Whole, audio_input, choice_input, guarded, number_input, setting, setting_specs
+from serve.tensors import TensorSpec
 
 PAD, BOS, EOS = 0, 1, 2
 ALPHABET = " 'abcdefghijklmnopqrstuvwxyz0123456789"
@@ -465,6 +466,27 @@ SERVED = "served"  # the tab's choice that runs each call on the benchmark's fas
 LIVE_EVERY = 1.0  # seconds between live transcripts while recording
 
 
+def runners_of(bundle: Bundle, variant: str | None) -> tuple[dict[str, Any], Callable[[], str]]:
+    """The loop's runners of one variant (None or SERVED: each call on the serving choice), and a line
+    saying what ran."""
+    if variant not in (None, SERVED):
+        return bundle.runners(variant), lambda: bundle.describe(variant)
+    served = {g: bundle.served(g, functools.partial(call_axes, g)) for g in ("encoder", "decoder")}
+
+    def ran() -> str:
+        used: dict[str, int] = {}
+        for r in served.values():
+            for v, n in r.used.items():
+                used[v] = used.get(v, 0) + n
+        calls = ", ".join(f"{n} call{'s' * (n > 1)} on {v}" for v, n in used.items())
+        return f"served: {calls or 'no model call'}"
+
+    return served, ran
+
+
+MAX_RECORDINGS = 16  # audio files in one protocol request
+
+
 class AsrTab(TaskTab):
     task = "asr"
     title = "Speech"
@@ -483,6 +505,30 @@ class AsrTab(TaskTab):
             raise BundleError(f"{bundle.path}: info must give this vocabulary, a window in seconds and the cache "
                               "(layers, heads, head_dim)")
 
+    def whole(self, bundle: Bundle) -> Whole:
+        """``asr``: audio files (BYTES: WAV, FLAC, OGG, ... one per row; any rate, mono or not) -> transcripts."""
+        info = bundle.info
+        spec, window = CacheSpec(**info["cache"]), float(info["window"])
+        max_tokens = int(bundle.inference.get("max_tokens", info.get("max_tokens", 96)))
+        ctc_weight = float(bundle.inference.get("ctc_weight", 0.0))
+
+        def run(tensors: dict[str, np.ndarray], params: dict[str, Any], variant: str | None) -> dict[str, np.ndarray]:
+            files = list(tensors["audio"].reshape(-1))
+            if not 1 <= len(files) <= MAX_RECORDINGS:
+                raise InputError(f"audio must hold 1 to {MAX_RECORDINGS} files, got {len(files)}")
+            beam = number(setting(tensors, params, "beam", 1), "beam", integer=True, lo=1, hi=8)
+            waves = [decode_audio(f, RATE) for f in files]
+            runners, _ = runners_of(bundle, variant)
+            done = transcribe_many(runners, waves, spec, Decoding(beam, max_tokens, ctc_weight=ctc_weight),
+                                   Limits(window))
+            out = np.empty(len(done), dtype=object)
+            out[:] = [t.text.encode() for t in done]
+            return {"text": out}
+
+        return Whole((TensorSpec("audio", "BYTES", (-1,), "audio files, one per row"),
+                      *setting_specs(beam=("INT64", "beam width, 1 (greedy) to 8"))),
+                     (TensorSpec("text", "BYTES", (-1,), "each recording's transcript (empty: no speech)"),), run)
+
     def build(self, bundle: Bundle) -> None:
         import gradio as gr
 
@@ -491,20 +537,7 @@ class AsrTab(TaskTab):
         max_tokens = int(bundle.inference.get("max_tokens", info.get("max_tokens", 96)))
         ctc_weight = float(bundle.inference.get("ctc_weight", 0.0))  # bundles from before the CTC output: 0
 
-        def runners_for(variant: str) -> tuple[dict[str, Any], Callable[[], str]]:
-            if variant != SERVED:
-                return bundle.runners(variant), lambda: bundle.describe(variant)
-            served = {g: bundle.served(g, functools.partial(call_axes, g)) for g in ("encoder", "decoder")}
-
-            def ran() -> str:
-                used = {}
-                for r in served.values():
-                    for v, n in r.used.items():
-                        used[v] = used.get(v, 0) + n
-                calls = ", ".join(f"{n} call{'s' * (n > 1)} on {v}" for v, n in used.items())
-                return f"served: {calls or 'no model call'}"
-
-            return served, ran
+        runners_for = functools.partial(runners_of, bundle)
 
         def run(audio, beam, variant):
             if audio is None:

@@ -3,11 +3,47 @@ and the Gradio glue that sends every input through :mod:`serve.inputs`."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
+
+import numpy as np
 
 from serve.bundle import BundleError
 from serve.inputs import LIMITS, InputError, Picture, as_text, decode_audio, decode_data_url, decoded, image_size
 from serve.runtime import Bundle
+from serve.tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A task's serve loop as one model of the inference protocol (:mod:`serve.protocol`): named tensors
+    in, named tensors out. ``run(tensors, parameters, variant)``: variant None runs each graph call on
+    the serving choice; settings come as tensors or as the request's parameters (:func:`setting`)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    run: Callable[[dict[str, np.ndarray], dict[str, Any], "str | None"], dict[str, np.ndarray]]
+    # concurrent calls joined into one run of the loop (up to ``gather`` rows): the ``stacked`` inputs
+    # along their first axis; ``batch_key(tensors, parameters)`` says what joined calls share (None: not joined)
+    gather: int = 0
+    stacked: tuple[str, ...] = ()
+    batch_key: Callable[[dict[str, np.ndarray], dict[str, Any]], Any] | None = None
+
+
+def setting(tensors: dict[str, np.ndarray], parameters: dict[str, Any], name: str, default: Any) -> Any:
+    """A loop's setting: its tensor's one element, else the request's parameter, else ``default``."""
+    if name in tensors:
+        value = tensors[name]
+        if value.size != 1:
+            raise InputError(f"input {name} must hold one value, got shape {list(value.shape)}")
+        item = value.reshape(-1)[0]
+        return item.decode("utf-8", "replace") if isinstance(item, bytes) else item.item()
+    return parameters.get(name, default)
+
+
+def setting_specs(**settings: tuple[str, str]) -> tuple[TensorSpec, ...]:
+    """Optional one-element inputs: name=(datatype, doc)."""
+    return tuple(TensorSpec(n, t, (1,), doc, optional=True) for n, (t, doc) in settings.items())
 
 
 class TaskTab:
@@ -25,6 +61,10 @@ class TaskTab:
 
     def build(self, bundle: Bundle) -> None:
         raise NotImplementedError
+
+    def whole(self, bundle: Bundle) -> Whole | None:
+        """The task's loop as one protocol model (loop tasks); None: the graph is the model."""
+        return None
 
 
 def _readable(error: BundleError) -> Exception:

@@ -15,16 +15,18 @@ Pixel values are ink in [-1, 1] (1: full ink); images are dark ink on white pape
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from serve.bundle import BundleError
 from serve.runtime import Bundle
-from serve.tasks.base import TaskTab, choice_input, guarded_stream, number_input
+from serve.tasks.base import TaskTab, Whole, choice_input, guarded_stream, number_input, setting, setting_specs
+from serve.tensors import TensorSpec
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 SAMPLERS = ("ddim", "ddpm", "dpm++2m")
@@ -223,6 +225,25 @@ class ImageTab(TaskTab):
             raise BundleError(f"{bundle.path}: info.labels must be the class names")
         if not all(isinstance(info.get(k), int) and info[k] > 0 for k in ("channels", "image_size")):
             raise BundleError(f"{bundle.path}: info.channels and info.image_size must be positive integers")
+
+    def whole(self, bundle: Bundle) -> Whole:
+        """``imagegen``: a label (and settings) -> images uint8 (N, S, S, C), the tab's sampling without previews."""
+        info, d = bundle.info, bundle.inference
+
+        def run(tensors: dict[str, np.ndarray], params: dict[str, Any], variant: str | None) -> dict[str, np.ndarray]:
+            get = functools.partial(setting, tensors, params)
+            s = Sampling(get("sampler", d.get("sampler", "ddim")), whole(get("steps", d.get("steps", 25))),
+                         get("guidance", d.get("guidance", 2.0)))
+            *_, (images, _, _) = generate(bundle, whole(get("label", None)), whole(get("count", 1)), s,
+                                          whole(get("seed", 0)), variant or bundle.default_variant)
+            return {"images": images}
+
+        side, c = int(info["image_size"]), int(info["channels"])
+        label = TensorSpec("label", "INT64", (1,), f"class, 0..{len(info['labels']) - 1}")
+        settings = setting_specs(count=("INT64", f"images, 1..{MAX_IMAGES}"), steps=("INT64", "denoising steps"),
+                                 guidance=("FP32", f"0..{MAX_GUIDANCE:g}"), seed=("INT64", "0.."),
+                                 sampler=("BYTES", ", ".join(SAMPLERS)))
+        return Whole((label, *settings), (TensorSpec("images", "UINT8", (-1, side, side, c), "dark ink on white"),), run)
 
     def build(self, bundle: Bundle) -> None:
         import gradio as gr

@@ -16,6 +16,7 @@ Positions are counted from the mask inside the graph: a left-padded prompt reads
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,12 +28,15 @@ from serve.bundle import BundleError
 from serve.kv_cache import CacheSpec, KVCache, pad, past_names, present_name  # noqa: F401 (loop.past_names ...)
 from serve.inputs import InputError, as_text, echo, number
 from serve.runtime import Bundle
-from serve.tasks.base import TaskTab, choice_input, guarded_stream, number_input, text_input
+from serve.tasks.base import (TaskTab, Whole, choice_input, guarded_stream, number_input, setting, setting_specs,
+                              text_input)
+from serve.tensors import TensorSpec
 
 GRAPH = "model"
 VOCAB = 256
 MAX_NEW_TOKENS = 1024  # the server's limit per request (the loop itself has none)
 MAX_PROMPT_BYTES = 100_000  # a longer prompt is refused before anything is encoded
+MAX_PROMPTS = 64  # prompts in one protocol request (one batch of the loop)
 STREAM_EVERY = 0.03  # seconds between the streamed updates of the Text tab (the text arrives as it grows)
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -362,6 +366,41 @@ class TextTab(TaskTab):
             spec = None
         if spec is None or min(spec) < 1:
             raise BundleError(f"{bundle.path}: info must give layers, heads, head_dim and context (each >= 1)")
+
+    def whole(self, bundle: Bundle) -> Whole:
+        """``textgen``: prompts (BYTES, one per row) -> their continuations, one batch of the decode loop."""
+        spec, d = CacheSpec.of(bundle.info), bundle.inference
+
+        def run(tensors: dict[str, np.ndarray], params: dict[str, Any], variant: str | None) -> dict[str, np.ndarray]:
+            prompts = list(tensors["prompt"].reshape(-1))
+            if not 1 <= len(prompts) <= MAX_PROMPTS:
+                raise InputError(f"prompt must hold 1 to {MAX_PROMPTS} texts, got {len(prompts)}")
+            get = functools.partial(setting, tensors, params)
+            sampling = sampling_from(get("temperature", d.get("temperature", 0.8)), get("top_k", d.get("top_k", 0)),
+                                     get("top_p", d.get("top_p", 0.95)),
+                                     get("max_new_tokens", d.get("max_new_tokens", 200)), get("seed", None))
+            runner = bundle.served(GRAPH, call_axes) if variant is None else bundle.session(GRAPH, variant)
+            texts = [""] * len(prompts)
+            for step in generate(runner, prompts, sampling, spec):
+                texts = [a + b for a, b in zip(texts, step.text)]
+            out = np.empty(len(texts), dtype=object)
+            out[:] = [t.encode() for t in texts]
+            return {"text": out}
+
+        settings = setting_specs(max_new_tokens=("INT64", f"bytes to generate, 1..{MAX_NEW_TOKENS}"),
+                                 temperature=("FP32", "0: greedy"), top_k=("INT64", "0: off"), top_p=("FP32", "nucleus"),
+                                 seed=("INT64", "-1 or absent: random"))
+        def batch_key(tensors: dict[str, np.ndarray], params: dict[str, Any]) -> Any:
+            """Generations with the same settings share one decode loop, except seeded sampling (its draws
+            would depend on the company); the rows' texts are what each would get alone otherwise."""
+            get = functools.partial(setting, tensors, params)
+            values = tuple(str(get(n, None)) for n in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"))
+            greedy = get("temperature", d.get("temperature", 0.8)) in (0, 0.0)
+            return values if greedy or get("seed", None) in (None, -1) else None
+
+        return Whole((TensorSpec("prompt", "BYTES", (-1,), "UTF-8 prompts, one per row"), *settings),
+                     (TensorSpec("text", "BYTES", (-1,), "each prompt's continuation, UTF-8"),), run,
+                     gather=MAX_PROMPTS, stacked=("prompt",), batch_key=batch_key)
 
     def build(self, bundle: Bundle) -> None:
         import gradio as gr
