@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{task}: {b.path} (variants: {', '.join(b.variants())})")
     if not bundles:
         print(f"no bundle found in {args.artifacts}; make one with `{MAKE_ONE}`")
-    app = build_app(bundles, problems, args.artifacts)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    app = build_app(bundles, problems, args.artifacts,
+                    protocol=f"http://{shown_host}:{args.v2_port}" if args.v2_port else None)
     # Collector pauses were the latency tail under load (16 clients: p99 450 ms with the defaults,
     # 150 ms with these; benchmarks/serve_load.py). Start-up objects live as long as the process:
     # freeze them out of every scan, and collect young objects in larger, rarer batches.
@@ -98,17 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
-    try:
-        app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
-                   # what people did wrong is a gr.Error with its message (shown either way); anything
-                   # else is an internal failure whose text (paths, Python errors) stays in the log
-                   show_error=False,
-                   quiet=True, footer_links=["api"], prevent_thread_lock=True)
-    except OSError as e:
-        print(f"error: cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
     protocol = None
-    if args.v2_port:
+    if args.v2_port:  # first: a port in use stops everything before the app listens
         from serve.protocol import Protocol, Server, models_of
         from serve.triton_config import model_config
 
@@ -120,9 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: cannot serve the inference protocol on {args.host}:{args.v2_port}: {e} "
                   "(--v2-port picks another, 0 turns it off)", file=sys.stderr)
-            app.close()
             return 2
-        print(f"inference protocol (KServe v2) on http://{args.host}:{args.v2_port}/v2: "
+    try:
+        app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
+                   # what people did wrong is a gr.Error with its message (shown either way); anything
+                   # else is an internal failure whose text (paths, Python errors) stays in the log
+                   show_error=False,
+                   quiet=True, footer_links=["api"], prevent_thread_lock=True)
+    except OSError as e:
+        print(f"error: cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}", file=sys.stderr)
+        if protocol is not None:
+            protocol.stop()
+        return 2
+    if protocol is not None:
+        print(f"inference protocol (KServe v2, Triton's HTTP API) on http://{shown_host}:{args.v2_port}/v2: "
               f"{len(v2.models)} models", flush=True)
     print(f"serving on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     try:

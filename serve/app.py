@@ -132,7 +132,21 @@ def _serving(bundle: Bundle) -> str:
                                   f"input: {bundle.default_variant})")
 
 
-def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
+def _protocol(task: str, bundle: Bundle, url: str | None) -> str:
+    """How a program reaches this bundle through the inference protocol (Triton's client, either server)."""
+    if not url:
+        return ""
+    from serve.protocol import models_of
+
+    names = list(models_of({task: bundle}))
+    first = next(iter(bundle.manifest["graphs"][bundle.graphs[0]]["io"]["inputs"]))
+    return (f"\n\n**Inference protocol** (KServe v2 / Triton, `{url}/v2`): models "
+            + ", ".join(f"`{n}`" for n in names) + f"; versions are the variants ({', '.join(bundle.variants())}), "
+            f"none: the served choice. `GET {url}/v2/models/{task}` gives its inputs (first graph's first input: "
+            f"`{first['name']}`, {first['dtype']}).")
+
+
+def _models_tab(bundles: dict[str, Bundle], problems: list[str], protocol: str | None = None) -> None:
     if not bundles:
         gr.Markdown("No bundles yet.")
     for task, bundle in bundles.items():
@@ -144,7 +158,7 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
                     f"**Parity with PyTorch** (the served computation, per held-out set)\n\n{_parity_table(m)}\n\n"
                     f"**Served defaults**: {served}\n\n**Served variant** (the benchmark's fastest accepted one, "
                     f"per benchmarked case, unless a caller picks another): {_serving(bundle)}\n\n"
-                    f"**Variants**\n\n" + _variants_table(bundle) + _samples(m))
+                    f"**Variants**\n\n" + _variants_table(bundle) + _samples(m) + _protocol(task, bundle, protocol))
         bench = bundle.file("benchmark.md")
         if bench:
             gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())
@@ -156,7 +170,9 @@ def _models_tab(bundles: dict[str, Bundle], problems: list[str]) -> None:
         gr.Markdown(f"⚠️ {line}")
 
 
-def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, root: str | Path = "artifacts") -> gr.Blocks:
+def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, root: str | Path = "artifacts",
+              protocol: str | None = None) -> gr.Blocks:
+    """``protocol``: the inference protocol's base URL, when it is served beside the app (the Models tab says so)."""
     problems = problems or []
     on_load = "\n".join(tab.on_load_js for task, tab in TABS.items() if task in bundles and tab.on_load_js)
     with App(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
@@ -173,5 +189,5 @@ def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, roo
                     with gr.Tab(tab.title, id=task):
                         tab.build(bundles[task])
             with gr.Tab("Models", id="models"):
-                _models_tab(bundles, problems)
+                _models_tab(bundles, problems, protocol)
     return app

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -429,9 +430,23 @@ class Server:
                                 http="httptools" if _has("httptools") else "h11",
                                 loop="uvloop" if _has("uvloop") else "asyncio")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="v2-server", daemon=True)
+        self.host, self.port = host, port
+        self.socket: socket.socket | None = None
+        self.thread: threading.Thread | None = None
 
     def start(self, timeout: float = 10.0) -> None:
+        """Bind here (a port in use is an OSError naming why, nothing logged), then serve in a thread."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(4096)
+        except OSError as e:
+            sock.close()
+            raise OSError(e.strerror or str(e)) from None
+        self.socket, self.port = sock, sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="v2-server", daemon=True)
         self.thread.start()
         deadline = time.time() + timeout
         while not self.server.started:
@@ -441,7 +456,10 @@ class Server:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=5)
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        if self.socket is not None:
+            self.socket.close()
 
 
 def _has(module: str) -> bool:

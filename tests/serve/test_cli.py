@@ -27,9 +27,10 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
     import threading
 
     root = served_bundle.parent.parent if with_bundle else tmp_path
-    port = free_port()
+    port, v2 = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "serve", str(root), "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "serve", str(root), "--port", str(port), "--v2-port", str(v2)],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -43,10 +44,12 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
             except queue.Empty:
                 pass
         config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
+        models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{v2}/v2/repository/index", timeout=5).read())
         if with_bundle:
-            assert "classify-sketch" in config and "Models" in config
+            assert "classify-sketch" in config and "Models" in config and f"127.0.0.1:{v2}/v2" in config
+            assert {m["name"] for m in models} == {"classify", "classify_model"}
         else:
-            assert "No model bundle found" in config
+            assert "No model bundle found" in config and models == []
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -56,21 +59,26 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
 
 
 @pytest.mark.slow
-def test_port_in_use_is_one_error_line(tmp_path):
+@pytest.mark.parametrize("which", ["--port", "--v2-port"])
+def test_port_in_use_is_one_error_line(tmp_path, which):
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "serve", str(tmp_path), "--port", str(port)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        ports = {"--port": str(free_port()), "--v2-port": str(free_port()), which: str(port)}
+        proc = subprocess.run([sys.executable, "-m", "serve", str(tmp_path), *(a for kv in ports.items() for a in kv)],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=120)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(f"error: cannot serve on 127.0.0.1:{port}")
+    what = "the inference protocol" if which == "--v2-port" else ""
+    assert line.startswith(f"error: cannot serve {what + ' ' if what else ''}on 127.0.0.1:{port}"), line
 
 
-@pytest.mark.parametrize("argv", [["--port", "abc"], ["--concurrency", "0"], ["--max-side", "-3"], ["--bogus"]])
+@pytest.mark.parametrize("argv", [["--port", "abc"], ["--concurrency", "0"], ["--max-side", "-3"], ["--bogus"],
+                                  ["--max-upload", "lots"], ["--v2-workers", "0"]])
 def test_usage_errors_are_one_line(capsys, argv):
     from serve.__main__ import main
 

@@ -57,7 +57,7 @@ def protocol_server(smoke_bundles):
     app = Protocol(models_of(bundles), max_body=1 << 20, workers=2, config=model_config)
     server = Server(app, "127.0.0.1", free_port())
     server.start()
-    url = f"127.0.0.1:{server.server.config.port}"
+    url = f"127.0.0.1:{server.port}"
     yield url, bundles, app
     server.stop()
 
