@@ -390,3 +390,45 @@ def _fake_pb_utils(repo):
                                                          if name in request.tensors else None)
     pb.get_output_tensor_by_name = lambda response, name: Tensor(name, response.tensors[name])
     return pb
+
+
+def test_the_example_client_runs_against_serve(protocol_server):
+    """examples/triton_client.py: the README's client, the one that runs against Triton as well."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    url = protocol_server[0]
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "triton_client.py"), "--url", url],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(":", 1) for line in proc.stdout.strip().splitlines())
+    assert {"models", "classify", "textgen", "imagegen"} <= set(lines), proc.stdout
+    assert lines["classify"].strip()[0].isdigit() and "4 images of" in lines["imagegen"]
+    down = subprocess.run([sys.executable, str(ROOT / "examples" / "triton_client.py"), "--url", "127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and down.stderr.startswith("error: cannot reach")
+
+
+def test_concurrent_greedy_generations_share_one_loop_and_read_as_alone(protocol_server):
+    url, bundles, app = protocol_server
+    whole = TABS["textgen"].whole(bundles["textgen"])
+    prompts = [b"The return value", b"A list of", b"If x is None, the"]
+    alone = [whole.run({"prompt": np.array([p], dtype=object)}, {"max_new_tokens": 10, "temperature": 0}, None)["text"][0]
+             for p in prompts]
+    batcher = app.batchers["textgen"]
+    before, batcher.window = batcher.calls, 0.1  # the smoke model answers before the next request lands
+    client = tritonclient_http.InferenceServerClient(url, concurrency=len(prompts))
+    pending = []
+    for p in prompts:
+        t = tritonclient_http.InferInput("prompt", [1], "BYTES")
+        t.set_data_from_numpy(np.array([p], dtype=object))
+        pending.append(client.async_infer("textgen", [t], parameters={"max_new_tokens": 10, "temperature": 0}))
+    try:
+        got = [r.get_result().as_numpy("text")[0] for r in pending]
+    finally:
+        batcher.window = 0.0
+    assert got == alone
+    assert batcher.calls - before < len(prompts), "the generations were not joined"
+    seeded = TABS["textgen"].whole(bundles["textgen"]).batch_key
+    assert seeded({}, {"temperature": 0.8, "seed": 3}) is None and seeded({}, {"temperature": 0}) is not None
