@@ -98,7 +98,10 @@ def requests_for(task: str, bundle: Path, new_tokens: int) -> tuple[str, list[tu
     for path in examples:
         image = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("L" if task == "classify" else "RGB"))
         image = image[..., None] if image.ndim == 2 else image
-        bodies.append(v2_body({"image": image[None]}))
+        inputs = {"image": image[None]}
+        if task == "detect":  # the graph's thresholds: scalars, the app's defaults
+            inputs |= {"score_threshold": np.array(0.3, np.float32), "iou_threshold": np.array(0.5, np.float32)}
+        bodies.append(v2_body(inputs))
     return f"{task}_model", bodies
 
 
@@ -160,7 +163,8 @@ async def python_load(url: str, call, items: list, clients: int, seconds: float,
             while time.perf_counter() < deadline[0]:
                 t0 = time.perf_counter()
                 try:
-                    produced[0] += await call(client, items[k % len(items)])
+                    made = await call(client, items[k % len(items)])
+                    produced[0] += made  # after the await: `x += await ...` would read x before it
                     latencies.append(time.perf_counter() - t0)
                 except Exception as e:  # noqa: BLE001 - counted and reported
                     errors.append(f"{type(e).__name__}: {e}"[:200])
