@@ -52,7 +52,7 @@ def write_repository(run_dirs: list[str | Path], out: str | Path, variant: str |
     staging = Path(tempfile.mkdtemp(prefix=".triton-", dir=out.parent))
     try:
         for name, model in models.items():
-            chosen = _runnable(model.bundle, variant or model.bundle.default_variant)
+            chosen = variant or model.bundle.default_variant  # both among the bundle's usable variants
             folder = staging / name
             (folder / "1").mkdir(parents=True)
             (folder / "config.pbtxt").write_text(to_pbtxt(model_config(model, chosen)))
@@ -76,8 +76,3 @@ def write_repository(run_dirs: list[str | Path], out: str | Path, variant: str |
         raise
     return list(models)
 
-
-def _runnable(bundle, variant: str) -> str:
-    """Triton runs ONNX files on ONNX Runtime (OpenVINO as its accelerator) and TensorRT plans; every
-    accepted variant qualifies, the portable fp32 where the choice has no file of its own."""
-    return variant if variant in bundle.variants() else "fp32"

@@ -30,14 +30,14 @@ def _return_freed_memory() -> None:
 
 
 def _bytes(size: str) -> int:
-    """``10mb`` -> bytes (Gradio's size notation: b, kb, mb, gb)."""
-    text = size.strip().lower()
-    for unit, scale in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("b", 1)):
-        if text.endswith(unit) and text[:-len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(text[:-len(unit)]) * scale)
-    if text.isdigit():
-        return int(text)
-    raise ArgumentTypeError(f"expected a size such as 10mb, got {size!r}")
+    """``10mb`` -> bytes, read by Gradio's own parser of ``max_file_size``: the protocol's body limit is
+    the app's upload limit to the byte."""
+    from gradio.utils import _parse_file_size
+
+    try:
+        return _parse_file_size(size)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a size such as 10mb, got {size!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

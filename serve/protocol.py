@@ -21,7 +21,6 @@ Triton's dynamic batcher does, up to the contract's largest batch.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import sys
@@ -36,7 +35,7 @@ import orjson
 
 from serve.bundle import SCHEMA_VERSION, BundleError, first_line
 from serve.runtime import Bundle
-from serve.tensors import DATATYPES, ProtocolError, TensorSpec, datatype_of, decode_inputs, encode_outputs
+from serve.tensors import ProtocolError, TensorSpec, datatype_of, decode_inputs, encode_outputs
 
 SERVER = "littlebook-onnx"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
@@ -219,10 +218,6 @@ class Batcher:
             future.get_loop().call_soon_threadsafe(_settle, future, result)
 
 
-def _rows(tensors: dict[str, np.ndarray]) -> int:
-    return int(next(iter(tensors.values())).shape[0]) if tensors and next(iter(tensors.values())).ndim else 0
-
-
 def _outcome(run: Run, tensors: dict[str, np.ndarray], params: dict[str, Any], version: str | None
              ) -> dict[str, np.ndarray] | BaseException:
     try:
@@ -259,7 +254,7 @@ class Protocol:
         self.batchers = {n: Batcher(m, self.executor if m.graph else self.loops, window if m.graph else 0.0)
                          for n, m in models.items() if m.gather}
         self.config = config
-        self.started = time.time()
+        self.server_metadata = orjson.dumps({"name": SERVER, "version": _version(), "extensions": EXTENSIONS})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -279,9 +274,8 @@ class Protocol:
         except Exception as e:  # noqa: BLE001 - a fault of the server: the log gets the traceback
             traceback.print_exc(file=sys.stderr)
             status, body, headers = 500, _error(f"internal error ({type(e).__name__}: {first_line(e, 160)})"), None
-        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if headers:
-            hdrs = [(k.encode(), v.encode()) for k, v in headers.items()] + [(b"content-length", str(len(body)).encode())]
+        hdrs = [(k.encode(), v.encode()) for k, v in (headers or {"content-type": "application/json"}).items()]
+        hdrs.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
 
@@ -289,7 +283,7 @@ class Protocol:
         path, method = scope["path"], scope["method"]
         if path in ("/v2", "/v2/"):
             _method(method, "GET")
-            return 200, orjson.dumps({"name": SERVER, "version": _version(), "extensions": EXTENSIONS}), None
+            return 200, self.server_metadata, None
         if path in ("/v2/health/live", "/v2/health/ready"):
             _method(method, "GET")
             return 200, b"", None
@@ -357,7 +351,8 @@ class Protocol:
             pool = self.executor if model.graph else self.loops
             outputs = await asyncio.get_running_loop().run_in_executor(pool, model.run, tensors, params, version)
         entries, chunks = encode_outputs({n: outputs[n] for n in wanted}, wanted)
-        ran = version or (model.bundle.serving_variant(_rows(tensors) or 1) if model.graph else "served")
+        ran = version or (model.bundle.serving_variant(model.bundle.batch_of(tensors, model.graph)) if model.graph
+                          else "served")
         answer = {"model_name": model.name, "model_version": ran, "outputs": entries}
         if "id" in request:
             answer["id"] = request["id"]
@@ -468,8 +463,4 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-__all__ = ["DATATYPES", "Model", "Protocol", "Server", "models_of", "Batcher"]
+__all__ = ["Model", "Protocol", "Server", "models_of", "Batcher"]
