@@ -69,12 +69,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def v2_body(inputs: dict[str, np.ndarray], **parameters) -> tuple[bytes, int]:
-    """An infer request with binary tensors: (body, JSON header length)."""
+    """An infer request with binary tensors: (body, JSON header length), in serve's own wire layout."""
+    sys.path.insert(0, str(ROOT))
+    from serve.tensors import datatype_of, pack_bytes
+
     header, blobs = {"inputs": [], "parameters": {"binary_data_output": True, **parameters}}, []
     for name, value in inputs.items():
-        raw = (b"".join(len(v).to_bytes(4, "little") + v for v in value.reshape(-1)) if value.dtype == object
-               else np.ascontiguousarray(value).tobytes())
-        datatype = "BYTES" if value.dtype == object else {"uint8": "UINT8", "float32": "FP32", "int64": "INT64"}[value.dtype.name]
+        datatype = datatype_of(value.dtype)
+        raw = pack_bytes(value) if datatype == "BYTES" else np.ascontiguousarray(value).tobytes()
         header["inputs"].append({"name": name, "shape": list(value.shape), "datatype": datatype,
                                  "parameters": {"binary_data_size": len(raw)}})
         blobs.append(raw)

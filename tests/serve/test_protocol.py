@@ -20,7 +20,7 @@ from serve.protocol import Batcher, Model, Protocol, Server, models_of
 from serve.bundle import variant_runtime
 from serve.runtime import Bundle
 from serve.tasks import TABS
-from serve.tensors import TensorSpec, pack_bytes
+from serve.tensors import TensorSpec, datatype_of, pack_bytes
 from serve.triton_config import model_config
 from tests.serve.conftest import free_port
 
@@ -71,9 +71,7 @@ def _infer(client, model: str, feeds: dict[str, np.ndarray], binary: bool = True
     http = tritonclient_http
     inputs = []
     for name, value in feeds.items():
-        datatype = "BYTES" if value.dtype == object else {"float32": "FP32", "int64": "INT64", "uint8": "UINT8",
-                                                          "bool": "BOOL", "float16": "FP16"}[value.dtype.name]
-        t = http.InferInput(name, list(value.shape), datatype)
+        t = http.InferInput(name, list(value.shape), datatype_of(value.dtype))
         t.set_data_from_numpy(value, binary_data=binary)
         inputs.append(t)
     return client.infer(model, inputs, model_version=version, **kw)
