@@ -17,3 +17,12 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.setup-*
   touch "$stamp"
 fi
+# The JavaScript side (examples/node, the web page's runtime): from the lock files, when npm is here
+if command -v npm >/dev/null 2>&1; then
+  for app in examples/node web; do
+    if [ ! -f "$app/node_modules/.package-lock.json" ] || [ "$app/package-lock.json" -nt "$app/node_modules/.package-lock.json" ]; then
+      (cd "$app" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \
+        || echo "warning: npm ci failed in $app (no registry?): the Node.js example and the web page need it" >&2
+    fi
+  done
+fi
