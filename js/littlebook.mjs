@@ -780,23 +780,29 @@ export function parseWav(bytes) {
   return { rate, samples };
 }
 
-/** Resample mono float32 from `rate` to `target` Hz: a windowed-sinc (Kaiser) filter; not soxr's exact samples. */
+/** Resample mono float32 from `rate` to `target` Hz: a windowed-sinc filter (Kaiser, beta 8.6, 32 zero
+ * crossings a side); close to, not sample for sample, the Python server's soxr. */
 export function resample(wave, rate, target = RATE) {
   if (rate === target || !wave.length) return wave;
-  const ratio = target / rate, n = Math.round(wave.length * ratio);
-  const cutoff = Math.min(1, ratio) * 0.97, half = 32;
-  const out = new Float32Array(n);
-  const bessel = (x) => { let s = 1, t = 1; for (let k = 1; k < 20; k++) { t *= (x / (2 * k)) ** 2; s += t; } return s; };
-  const beta = 8.6, norm = bessel(beta);
-  const span = half / Math.min(1, ratio);
+  const ratio = target / rate, scale = Math.min(1, ratio), n = Math.round(wave.length * ratio);
+  const half = 32, cutoff = 0.97, steps = 64; // window table: `steps` entries per zero crossing
+  const bessel = (x) => { let s = 1, t = 1; for (let k = 1; k < 25; k++) { t *= (x / (2 * k)) ** 2; s += t; } return s; };
+  const table = new Float64Array(half * steps + 2);
+  for (let i = 0; i < table.length; i++) {
+    const d = Math.min(i / steps, half), x = d * cutoff;
+    const win = bessel(8.6 * Math.sqrt(Math.max(0, 1 - (d / half) ** 2))) / bessel(8.6);
+    table[i] = (x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x)) * win;
+  }
+  const kernel = (d) => { // d in zero crossings, |d| <= half
+    const a = Math.abs(d) * steps, i = Math.floor(a);
+    return table[i] + (table[i + 1] - table[i]) * (a - i);
+  };
+  const out = new Float32Array(n), span = half / scale;
   for (let i = 0; i < n; i++) {
     const centre = i / ratio;
     let acc = 0, wsum = 0;
     for (let j = Math.ceil(centre - span); j <= Math.floor(centre + span); j++) {
-      const d = (j - centre) * Math.min(1, ratio);
-      const win = bessel(beta * Math.sqrt(Math.max(0, 1 - (d / half) ** 2))) / norm;
-      const x = d * cutoff;
-      const k = (x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x)) * win;
+      const k = kernel((j - centre) * scale);
       wsum += k;
       if (j >= 0 && j < wave.length) acc += wave[j] * k;
     }

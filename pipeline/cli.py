@@ -46,6 +46,14 @@ def _parser() -> ArgumentParser:
     sp.add_argument("--out", required=True, metavar="REPO", help="the repository folder to write")
     sp.add_argument("--variant", help="the variant every graph model holds (default: each bundle's serving choice)")
     sp.add_argument("--force", action="store_true", help="replace REPO if it exists")
+    sp = sub.add_parser("web", help="a static web site that runs the demos in the browser (onnxruntime-web, no server "
+                        "inference)")
+    sp.add_argument("root", nargs="?", default="artifacts", metavar="ARTIFACTS_DIR",
+                    help="where the bundles are (default: artifacts); the newest per task is used")
+    sp.add_argument("--out", required=True, metavar="SITE", help="the site folder to write")
+    sp.add_argument("--run", dest="runs", action="append", metavar="RUN", help="use this run (repeatable)")
+    sp.add_argument("--webgpu", action="store_true", help="also ship onnxruntime-web's WebGPU build (28 MB more)")
+    sp.add_argument("--force", action="store_true", help="replace SITE if it exists")
     sp = sub.add_parser("run", help="train -> export -> optimize -> benchmark")
     sp.add_argument("task", help=", ".join(TASKS) + ", or all")
     train_args(sp)
@@ -86,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
             names = write_repository(args.run_dirs, args.out, args.variant, args.force)
             print(f"Triton model repository {Path(args.out).resolve()}: {', '.join(names)}")
+        elif args.command == "web":
+            from pipeline.web import write_site
+
+            tasks = write_site(args.root, args.out, args.runs, args.webgpu, args.force)
+            for t in tasks:
+                print(f"{t.task:9s} {t.variant:5s} {t.bytes / 1e6:6.2f} MB  ({t.run})")
+            print(f"site {Path(args.out).resolve()}: python {Path(args.out) / 'serve.py'} and open http://127.0.0.1:8080/")
     except (PipelineError, ExportError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
