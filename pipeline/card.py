@@ -82,8 +82,40 @@ Parity of the exported graphs against PyTorch, running the served computation:
 
 {usage}
 
+## Run it from JavaScript (Node.js, or the browser)
+
+`js/littlebook.mjs` (in the littlebook-onnx repository) holds this task's loop for onnxruntime-node and
+onnxruntime-web alike; `examples/node/cli.mjs` is a command line around it, and
+`python -m pipeline web` writes a static page that runs it in the browser:
+
+```js
+{js_usage(manifest['task'])}
+```
+
 Training config: `config.json`. Versions: {json.dumps(manifest['versions'])}. Git commit: {manifest.get('git_commit')}.
 """
+
+
+JS_CALL = {
+    "classify": 'const { label, ranked } = await lb.classify(bundle, { data: rgba, width, height, channels: 4 });',
+    "detect": 'const boxes = await lb.detect(bundle, { data: rgba, width, height, channels: 4 });  // [{label, score, box}]',
+    "segment": 'const { mask, shares } = await lb.segment(bundle, { data: rgba, width, height, channels: 4 });',
+    "textgen": 'for await (const step of lb.generate(bundle, "The ", { temperature: 0 })) process.stdout.write(step.text);',
+    "asr": 'const { rate, samples } = lb.parseWav(new Uint8Array(readFileSync("speech.wav")));\n'
+           'const { text, segments } = await lb.transcribe(bundle, lb.resample(samples, rate, 16000));',
+    "imagegen": 'const images = await lb.generateDigits(bundle, { label: "3", count: 4, steps: 25 });  // uint8 S x S each',
+}
+
+
+def js_usage(task: str) -> str:
+    """Five lines of Node.js that open this bundle folder with onnxruntime-node and run its task."""
+    return "\n".join([
+        'import * as ort from "onnxruntime-node";',
+        'import { readFileSync } from "node:fs";',
+        'import * as lb from "./js/littlebook.mjs";',
+        'const bundle = await lb.openBundle(ort, async (name) => readFileSync(`BUNDLE_DIR/${name}`), { variant: "smallest" });',
+        JS_CALL.get(task, "// see examples/node/cli.mjs"),
+    ])
 
 
 def _quote(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,17 +22,22 @@ from tests.conftest import ROOT
 NODE_APP = ROOT / "examples" / "node"
 
 
+def skip(why: str) -> None:
+    """Skip with the reason; in CI (which installs Node and the packages) fail instead."""
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
+
+
 @pytest.fixture(scope="session")
 def node_app() -> Path:
     if shutil.which("node") is None:
-        pytest.skip("node is not on PATH (.ci/run installs it from Debian)")
+        skip("node is not on PATH (.ci/run installs it from Debian)")
     if not (NODE_APP / "node_modules" / "onnxruntime-node").is_dir():
         if shutil.which("npm") is None:
-            pytest.skip("npm is not on PATH: examples/node's packages cannot be installed")
+            skip("npm is not on PATH: examples/node's packages cannot be installed")
         proc = subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=NODE_APP,
                               capture_output=True, text=True, timeout=600)
         if proc.returncode:
-            pytest.skip(f"npm ci failed (no registry?): {proc.stderr.strip().splitlines()[-1:]}")
+            skip(f"npm ci failed (no registry?): {proc.stderr.strip().splitlines()[-1:]}")
     return NODE_APP
 
 
@@ -168,3 +174,43 @@ def test_smallest_variant_and_bad_input(node_app, smoke_bundle, textgen_bundle, 
         assert proc.returncode == rc, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (args, proc.stderr)
+
+
+@pytest.mark.parametrize("task", ["textgen", "asr"])
+def test_model_card_snippet_runs(node_app, smoke_bundles, task, tmp_path):
+    """The card's five lines of Node.js, copied as a user would (the bundle folder and the module's path
+    filled in), give Python's answer."""
+    from pipeline.card import js_usage
+
+    run = smoke_bundles(task)
+    wav = sorted((run / "examples").glob("test*.wav"))[0] if task == "asr" else None
+    code = js_usage(task).replace("BUNDLE_DIR", str(run)).replace("./js/littlebook.mjs", str(ROOT / "js" / "littlebook.mjs"))
+    if wav:
+        code = code.replace("speech.wav", str(wav)) + "\nconsole.log(text);"
+    script = node_app / f".card-{task}.mjs"  # beside node_modules, so that onnxruntime-node resolves
+    script.write_text(code)
+    try:
+        proc = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120)
+    finally:
+        script.unlink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from pipeline.card import model_card
+    from pipeline.web import choose_variant
+    from serve.kv_cache import CacheSpec
+
+    bundle = open_bundle(run)
+    assert js_usage(task) in model_card(bundle.manifest, "")
+    runners, inf = bundle.runners(choose_variant(bundle)[0]), bundle.inference  # the snippet's "smallest"
+    if task == "textgen":
+        from serve.tasks.textgen import Sampling, complete
+
+        want = complete(runners["model"], ["The "], Sampling(temperature=0, max_new_tokens=inf["max_new_tokens"]),
+                        CacheSpec.of(bundle.info))
+        assert proc.stdout == want.texts[0]
+    else:
+        from serve.inputs import decode_audio
+        from serve.tasks.asr import Decoding, Limits, transcribe
+
+        want = transcribe(runners, decode_audio(str(wav)), CacheSpec(**bundle.info["cache"]),
+                          Decoding(inf["beam"], inf["max_tokens"], ctc_weight=inf["ctc_weight"]), Limits(bundle.info["window"]))
+        assert proc.stdout.strip() == want.text

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from tests.examples.test_node import skip
 from tests.serve.test_browser import chromium_page
 
 ORT_WEB = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "onnxruntime-web"
@@ -23,7 +24,7 @@ ORT_WEB = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "onnxru
 @pytest.fixture(scope="module")
 def site(smoke_bundles, tmp_path_factory) -> Path:
     if not ORT_WEB.is_dir():
-        pytest.skip("onnxruntime-web is not installed in web/ (npm ci --ignore-scripts; .ci/run does it)")
+        skip("onnxruntime-web is not installed in web/ (npm ci --ignore-scripts; scripts/setup.sh does it)")
     root = tmp_path_factory.mktemp("bundles")
     for task in ("classify", "detect", "textgen"):
         run = smoke_bundles(task)
