@@ -26,7 +26,8 @@ async function runtime(site) {
   const gpu = site.runtime.webgpu && "gpu" in navigator && (await navigator.gpu.requestAdapter().catch(() => null));
   ort = await import(gpu ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs");
   ort.env.wasm.wasmPaths = new URL("./ort/", location.href).href;
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  const asked = Number(new URLSearchParams(location.search).get("threads")); // ?threads=N: WASM threads
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? (asked >= 1 ? asked : Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
   providers = gpu ? ["webgpu", "wasm"] : ["wasm"];
   state.backend = gpu ? "webgpu" : `wasm, ${ort.env.wasm.numThreads} thread${ort.env.wasm.numThreads > 1 ? "s" : ""}`;
   const bytes = Object.values(site.runtime.files).reduce((a, b) => a + b, 0);
@@ -109,7 +110,7 @@ function examples(t, b, onpick) {
   for (const e of b.manifest.examples ?? []) {
     if (!/\.(png|jpe?g)$/i.test(e)) continue;
     const img = el("img", { src: `models/${t.task}/${e}`, alt: e, title: e });
-    img.addEventListener("click", () => onpick(img));
+    img.addEventListener("click", () => img.decode().then(() => onpick(img)));
     box.append(img);
   }
   return box;
@@ -251,16 +252,17 @@ const TABS = {
       go.disabled = true; stop.disabled = false; stopping = false;
       out.textContent = ""; status.classList.remove("error");
       const t0 = performance.now();
-      let n = 0, bytes = [];
+      let n = 0, bytes = [], painted = t0;
       try {
         for await (const st of lb.generate(b, prompt.value, { temperature: Number(temp.value), maxNewTokens: Math.round(Number(count.value)),
           seed: seed.value === "" ? undefined : Number(seed.value) })) {
           out.textContent += st.text;
           bytes.push(st.byte);
           n += 1;
-          if (n % 4 === 0 || st.done) {
+          if (performance.now() - painted > 50 || st.done) { // let the page paint and Stop be pressed
             status.textContent = `${n} bytes, ${(n / ((performance.now() - t0) / 1000)).toFixed(0)} bytes/s (${b.variant})`;
-            await new Promise((r) => setTimeout(r)); // let the page paint and Stop be pressed
+            await new Promise((r) => requestAnimationFrame(r));
+            painted = performance.now();
           }
           if (stopping) { status.textContent += "; stopped"; break; }
         }
