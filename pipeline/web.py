@@ -33,6 +33,8 @@ RUNTIME = {"wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-
            "webgpu": ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")}
 TITLES = {"classify": "Classify", "detect": "Detect", "segment": "Segment", "textgen": "Text", "asr": "Speech",
           "imagegen": "Digits"}
+# graphs the page runs, where not all of them (imagegen: the sampler holds the denoiser inside its Loop)
+PAGE_GRAPHS = {"imagegen": ("sampler",)}
 EXAMPLES = {"classify": 10, "detect": 4, "segment": 4, "asr": 6, "imagegen": 0, "textgen": 0}
 
 SERVER = '''"""A static server for this site that sends the cross-origin isolation headers onnxruntime-web's
@@ -81,26 +83,30 @@ class SiteTask:
     fp32: float | None
 
 
-def choose_variant(bundle) -> tuple[str, int]:
-    """The smallest accepted portable variant whose files are intact, and its graph files' bytes."""
-    from serve.bundle import graph_files
+def page_graphs(bundle) -> list[str]:
+    return [g for g in bundle.graphs if g in PAGE_GRAPHS.get(bundle.task, bundle.graphs)]
 
+
+def choose_variant(bundle) -> tuple[str, int]:
+    """The smallest accepted portable variant whose files are intact, and the bytes of the graph files
+    the page runs."""
     sizes = []
     for name in bundle.variants():
         if name not in PORTABLE:
             continue
-        files = graph_files(bundle.manifest, name)
-        sizes.append((sum(int(bundle.manifest["files"][f]["bytes"]) for f in set(files.values())), PORTABLE.index(name), name))
+        files = {bundle.manifest["graphs"][g]["files"][name] for g in page_graphs(bundle)}
+        sizes.append((sum(int(bundle.manifest["files"][f]["bytes"]) for f in files), PORTABLE.index(name), name))
     if not sizes:
         raise PipelineError(f"{bundle.path}: no accepted portable variant (fp32, int8, fp16) with intact files")
     size, _, name = min(sizes)
     return name, size
 
 
-def _site_manifest(manifest: dict, variant: str, copied: dict[str, dict]) -> dict:
+def _site_manifest(manifest: dict, variant: str, copied: dict[str, dict], graphs: list[str]) -> dict:
     keep = ("schema_version", "task", "run", "created", "preset", "architecture", "data", "metric", "inference", "info")
     out = {k: manifest[k] for k in keep if k in manifest}
-    out["graphs"] = {g: {**spec, "files": {variant: spec["files"][variant]}} for g, spec in manifest["graphs"].items()}
+    out["graphs"] = {g: {**spec, "files": {variant: spec["files"][variant]}} for g, spec in manifest["graphs"].items()
+                     if g in graphs}
     out["variants"] = {variant: manifest["variants"][variant]}
     out["files"] = copied
     return out
@@ -142,7 +148,8 @@ def write_site(root: str | Path, out: str | Path, runs: list[str] | None = None,
             folder = staging / "models" / task
             folder.mkdir(parents=True)
             copied: dict[str, dict] = {}
-            for f in sorted(set(bundle.manifest["graphs"][g]["files"][variant] for g in bundle.graphs)):
+            graphs = page_graphs(bundle)
+            for f in sorted(set(bundle.manifest["graphs"][g]["files"][variant] for g in graphs)):
                 src = bundle.file(f)
                 if src is None:
                     raise PipelineError(f"{bundle.path}: {f} is {bundle.bad_files.get(f, 'missing')}")
@@ -152,7 +159,7 @@ def write_site(root: str | Path, out: str | Path, runs: list[str] | None = None,
             for e in examples:
                 (folder / e).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(bundle.path / e, folder / e)
-            site_manifest = _site_manifest(bundle.manifest, variant, copied)
+            site_manifest = _site_manifest(bundle.manifest, variant, copied, graphs)
             site_manifest["examples"] = examples
             (folder / "manifest.json").write_text(json.dumps(site_manifest, indent=1))
             metric = bundle.manifest["metric"]["name"]
