@@ -27,7 +27,7 @@ async function runtime(site) {
   ort = await import(gpu ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs");
   ort.env.wasm.wasmPaths = new URL("./ort/", location.href).href;
   const asked = Number(new URLSearchParams(location.search).get("threads")); // ?threads=N: WASM threads
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? (asked >= 1 ? asked : Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? (asked >= 1 ? asked : Math.max(1, Math.min(4, Math.floor((navigator.hardwareConcurrency || 1) / 2)))) : 1;
   providers = gpu ? ["webgpu", "wasm"] : ["wasm"];
   state.backend = gpu ? "webgpu" : `wasm, ${ort.env.wasm.numThreads} thread${ort.env.wasm.numThreads > 1 ? "s" : ""}`;
   const bytes = Object.values(site.runtime.files).reduce((a, b) => a + b, 0);
