@@ -60,10 +60,17 @@ export class Bundle {
     this.inference = manifest.inference ?? {};
     this.calls = 0;
     this.seconds = 0; // time spent in the sessions
+    this.queue = Promise.resolve(); // one call at a time: a session does not take concurrent runs (onnxruntime-web)
   }
 
   /** One graph call: feeds {name: {type, data, dims} | ort.Tensor} -> {name: ort.Tensor}. */
-  async run(graph, feeds) {
+  run(graph, feeds) {
+    const next = this.queue.then(() => this.runNow(graph, feeds));
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  async runNow(graph, feeds) {
     const session = this.sessions[graph];
     if (!session) throw new BundleError(`this ${this.task} bundle has no graph '${graph}'`);
     const tensors = {};
@@ -304,6 +311,10 @@ export async function* generate(bundle, prompt, settings = {}) {
     topP: settings.topP ?? bundle.inference.top_p ?? 1.0,
     maxNewTokens: settings.maxNewTokens ?? bundle.inference.max_new_tokens ?? 200,
   };
+  if (!(Number.isFinite(s.temperature) && s.temperature >= 0)) throw new BundleError(`temperature must be a number >= 0 (0: greedy), got ${settings.temperature}`);
+  if (!(Number.isFinite(s.topP) && s.topP > 0 && s.topP <= 1)) throw new BundleError(`top_p must be in (0, 1], got ${settings.topP}`);
+  if (!(Number.isInteger(s.topK) && s.topK >= 0)) throw new BundleError(`top_k must be an integer >= 0 (0: off), got ${settings.topK}`);
+  if (!(Number.isInteger(s.maxNewTokens) && s.maxNewTokens >= 1)) throw new BundleError(`max_new_tokens must be an integer >= 1, got ${settings.maxNewTokens}`);
   const context = Number(bundle.info.context);
   let bytes = typeof prompt === "string" ? new TextEncoder().encode(prompt) : Uint8Array.from(prompt);
   if (!bytes.length) throw new BundleError("the prompt is empty: type the start of a text");
@@ -420,7 +431,8 @@ function percentile(values, q) {
 export function speechRegions(wave, vad = VAD) {
   const db = framesDb(wave, vad);
   const floor = percentile(db, 10);
-  const top = Math.max(...db);
+  let top = -Infinity;
+  for (const x of db) top = Math.max(top, x);
   const level = db.length < 10 || top - floor < vad.marginDb ? vad.floorDb + vad.marginDb : Math.max(floor + vad.marginDb, vad.floorDb);
   const regions = [];
   let start = null;
@@ -462,6 +474,17 @@ export function chunks(wave, window, vad = VAD) {
   return joined;
 }
 
+/** Python's round(x, 2) for x >= 0: the hundredth nearest the exact binary value (toFixed), exact ties
+ * (x = odd / 8: 0.125, 0.375, ...) to even. */
+export function round2(x) {
+  const m = x * 8;
+  if (Number.isInteger(m) && m % 2 !== 0) {
+    const n = Math.floor(x * 100);
+    return (n % 2 === 0 ? n : n + 1) / 100;
+  }
+  return Number(x.toFixed(2));
+}
+
 function rowsOf(t) { // an ort.Tensor (N, ...) -> [N, size of a row]
   const n = t.dims[0];
   return [n, n ? t.data.length / n : 0];
@@ -486,9 +509,11 @@ class Speech {
     const inf = bundle.inference, info = bundle.info;
     this.bundle = bundle;
     this.vocab = info.vocabulary;
-    this.beam = beam ?? inf.beam ?? 1;
+    this.beam = beam ?? 1; // greedy unless asked, as the Speech tab
     this.maxTokens = maxTokens ?? inf.max_tokens ?? info.max_tokens ?? 96;
-    this.ctcWeight = ctcWeight ?? inf.ctc_weight ?? 0.5;
+    this.ctcWeight = ctcWeight ?? inf.ctc_weight ?? 0.0;
+    if (!(Number.isInteger(this.beam) && this.beam >= 1 && this.beam <= 16)) throw new BundleError(`beam must be an integer 1-16, got ${beam}`);
+    if (!(this.ctcWeight >= 0 && this.ctcWeight <= 1)) throw new BundleError(`ctc_weight must be in [0, 1], got ${ctcWeight}`);
     this.lengthPenalty = lengthPenalty;
     this.batch = batch ?? 8; // segments per encoder call (serve's Limits)
     this.window = Number(info.window);
@@ -678,7 +703,7 @@ class Speech {
     }
     const byRecording = waves.map(() => []);
     flat.forEach(([r, a, b], k) => {
-      if (texts[k]) byRecording[r].push({ start: Math.round(a * 100) / 100, end: Math.round(b * 100) / 100, text: texts[k] });
+      if (texts[k]) byRecording[r].push({ start: round2(a), end: round2(b), text: texts[k] });
     });
     return waves.map((w, r) => {
       const segments = byRecording[r].sort((x, y) => x.start - y.start);
@@ -756,11 +781,11 @@ export function parseWav(bytes) {
   if (!fmt || !data) throw new BundleError("the WAV file has no fmt or data chunk");
   const { format, channels, rate, bits } = fmt;
   if (format !== 1 && format !== 3) throw new BundleError(`WAV sample format ${format} is not supported (PCM or float only)`);
-  if (!channels || !rate || ![8, 16, 24, 32, 64].includes(bits)) throw new BundleError("the WAV file's header is damaged");
+  if (!channels || !rate || !(format === 3 ? [32, 64] : [8, 16, 24, 32]).includes(bits)) throw new BundleError("the WAV file's header is damaged (its sample format)");
   const width = bits / 8, frames = Math.floor(data[1] / (width * channels));
   const read = (o) => {
     if (format === 3) {
-      const x = bits === 64 ? view.getFloat64(o, true) : view.getFloat32(o, true);
+      const x = Math.fround(bits === 64 ? view.getFloat64(o, true) : view.getFloat32(o, true));
       if (!Number.isFinite(x)) throw new BundleError("the audio holds NaN or infinite samples; it cannot be transcribed");
       return Math.max(-1, Math.min(1, Math.fround(x)));
     }
@@ -827,16 +852,23 @@ export function gaussian(count, seed) {
 
 /** imagegen: `count` images of digit `label` -> [{data: Uint8Array (S * S), width, height, channels: 1}]. */
 export async function generateDigits(bundle, { label, count = 1, guidance, steps, seed, noise } = {}) {
-  const spec = bundle.manifest.graphs.sampler.io.inputs.find((i) => i.name === "noise");
-  const [, c, h, w] = spec.shape.map((d, k) => (typeof d === "number" ? d : k === 0 ? count : Number(bundle.info.image_size ?? bundle.info.size)));
-  const labels = bundle.info.labels ?? [];
+  const info = bundle.info, inf = bundle.inference;
+  const c = Number(info.channels ?? 1), h = Number(info.image_size), w = h;
+  const labels = info.labels ?? [];
   const index = typeof label === "number" ? label : labels.indexOf(String(label));
-  if (index < 0 || (labels.length && index >= labels.length)) throw new BundleError(`label must be one of ${labels.join(", ")}, got ${label}`);
+  if (!Number.isInteger(index) || index < 0 || index >= labels.length) throw new BundleError(`label must be one of ${labels.join(", ")}, got ${label}`);
+  steps = steps ?? inf.steps ?? 25;
+  guidance = guidance ?? inf.guidance ?? 2.0;
+  const total = (info.alphas_cumprod ?? []).length || Infinity;
+  if (!(Number.isInteger(count) && count >= 1 && count <= 256)) throw new BundleError(`count must be an integer 1-256, got ${count}`);
+  if (!(Number.isInteger(steps) && steps >= 1 && steps <= total)) throw new BundleError(`steps must be an integer 1-${total}, got ${steps}`);
+  if (!(Number.isFinite(guidance) && guidance >= 0 && guidance <= 20)) throw new BundleError(`guidance must be a number in [0, 20], got ${guidance}`);
+  if (noise && noise.length !== count * c * h * w) throw new BundleError(`the noise holds ${noise.length} values; ${count} images need ${count * c * h * w} (${count} x ${c} x ${h} x ${w} float32)`);
   const out = await bundle.run("sampler", {
     noise: { type: "float32", data: noise ?? gaussian(count * c * h * w, seed), dims: [count, c, h, w] },
     label: i64(new Array(count).fill(index), [count]),
-    guidance: { type: "float32", data: new Float32Array(count).fill(guidance ?? bundle.inference.guidance ?? 2.0), dims: [count] },
-    steps: i64([steps ?? bundle.inference.steps ?? 25], []),
+    guidance: { type: "float32", data: new Float32Array(count).fill(guidance), dims: [count] },
+    steps: i64([steps], []),
   });
   const [, ih, iw, ic] = out.images.dims;
   const size = ih * iw * ic;

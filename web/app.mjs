@@ -95,6 +95,13 @@ function pixels(source, maxSide = 0) { // an <img>, <canvas> or ImageBitmap -> {
   return { data: new Uint8Array(g.getImageData(0, 0, w, h).data.buffer), width: w, height: h, channels: 4 };
 }
 
+function checked(image) { // the graphs' own limit (and the Python server's)
+  if (Math.max(image.width, image.height) > 4096 || Math.min(image.width, image.height) < 8) {
+    throw new Error(`the image is ${image.width}x${image.height} pixels; each side must be between 8 and 4096`);
+  }
+  return image;
+}
+
 async function fileImage(file) {
   return createImageBitmap(file).catch(() => { throw new Error("that file is not an image this browser can read"); });
 }
@@ -139,7 +146,8 @@ const TABS = {
       if (busy) { again = true; return; }
       busy = true;
       const t0 = performance.now();
-      const r = await lb.classify(b, image);
+      let r;
+      try { r = await lb.classify(b, image); } finally { busy = false; }
       const spent = performance.now() - t0;
       big.textContent = r.label;
       bars.replaceChildren(...r.ranked.slice(0, 3).flatMap((x) => [el("span", {}, x.label),
@@ -147,7 +155,6 @@ const TABS = {
       status.textContent = `${ms(spent)} (${b.variant})`;
       status.classList.remove("error");
       answered("classify", spent, { label: r.label, probs: r.probs, image: image.source ?? null });
-      busy = false;
       if (again) { again = false; predict(padImage()); }
     });
     const padImage = () => ({ ...pixels(pad), source: pad.toDataURL("image/png") });
@@ -184,7 +191,7 @@ const TABS = {
     let current = null;
     const run = guard(status, async () => {
       if (!current) return;
-      const image = pixels(current, 1024);
+      const image = checked(pixels(current));
       const t0 = performance.now();
       const found = await lb.detect(b, image, { scoreThreshold: Number(score.value) });
       const spent = performance.now() - t0;
@@ -214,7 +221,7 @@ const TABS = {
     const canvas = el("canvas", { width: 320, height: 240 }), legend = el("div", { class: "legend" }), status = el("p", { class: "status" }, "pick an example or an image file");
     const colours = lb.palette(b.info.labels.length);
     const run = guard(status, async (source) => {
-      const image = pixels(source, 1024);
+      const image = checked(pixels(source));
       const t0 = performance.now();
       const r = await lb.segment(b, image);
       const spent = performance.now() - t0;
@@ -296,10 +303,11 @@ const TABS = {
       answered("asr", spent, r);
     });
     const decode = async (bytes) => {
-      try {
-        const { rate, samples } = lb.parseWav(bytes); // WAV as the server reads it
+      if (String.fromCharCode(...bytes.subarray(0, 4)) === "RIFF") { // WAV as the server reads it (its errors too)
+        const { rate, samples } = lb.parseWav(bytes);
         return lb.resample(samples, rate, 16000);
-      } catch {
+      }
+      {
         const ctx = new OfflineAudioContext(1, 1, 16000);
         const audio = await ctx.decodeAudioData(bytes.buffer.slice(0)).catch(() => { throw new Error("that file is not audio this browser can read"); });
         return toMono16k(audio);
@@ -317,6 +325,7 @@ const TABS = {
     let mic = null;
     rec.addEventListener("click", guard(status, async () => {
       if (mic) { await mic.stop(); return; }
+      if (!navigator.mediaDevices) throw new Error("the microphone needs the page served over https or from localhost");
       const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false } });
       const ctx = new AudioContext();
       const source = ctx.createMediaStreamSource(stream);

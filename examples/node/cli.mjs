@@ -145,7 +145,12 @@ async function main(argv) {
   } else if (command === "imagegen") {
     const count = number("count", true) ?? 8;
     let noise;
-    if (o.noise) noise = new Float32Array(new Uint8Array(readFileSync(o.noise)).buffer);
+    if (o.noise) {
+      let raw;
+      try { raw = new Uint8Array(readFileSync(o.noise)); } catch { throw new lb.BundleError(`the noise file was not found: ${o.noise}`); }
+      if (raw.length % 4) throw new lb.BundleError(`the noise file must hold float32 values (its ${raw.length} bytes are not a multiple of 4)`);
+      noise = new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4);
+    }
     const images = await lb.generateDigits(bundle, { label: o.label ?? "0", count, guidance: number("guidance"), steps: number("steps", true), seed: number("seed", true), noise });
     const { width, height } = images[0];
     const sheet = new Uint8Array(width * height * images.length);

@@ -155,11 +155,13 @@ def test_generated_digits_match_python(node_app, smoke_bundles, tmp_path):
     assert np.abs(got.astype(int) - want).max() <= 1
 
 
-def test_smallest_variant_and_bad_input(node_app, smoke_bundle, textgen_bundle, tmp_path):
+def test_smallest_variant_and_bad_input(node_app, smoke_bundle, textgen_bundle, smoke_bundles, tmp_path):
     (g,) = answers(node(node_app, "classify", str(smoke_bundle), str(next((smoke_bundle / "examples").glob("*.png"))),
                         "--variant", "smallest", "--json"))
     assert g["label"] in [str(i) for i in range(10)]
     (tmp_path / "not.png").write_text("hello")
+    asr = smoke_bundles("asr")
+    wav = next((asr / "examples").glob("*.wav"))
     cases = [(("classify", str(smoke_bundle), str(tmp_path / "not.png")), 1, "not an image"),
              (("classify", str(smoke_bundle), str(tmp_path / "missing.png")), 1, "not found"),
              (("classify", str(textgen_bundle), str(tmp_path / "not.png")), 1, "textgen bundle"),
@@ -168,6 +170,11 @@ def test_smallest_variant_and_bad_input(node_app, smoke_bundle, textgen_bundle, 
              (("generate", str(textgen_bundle), ""), 1, "prompt is empty"),
              (("generate", str(textgen_bundle), "a", "--max-new-tokens", "x"), 2, "must be an integer"),
              (("frobnicate", str(smoke_bundle)), 2, "unknown command"),
+             (("transcribe", str(asr), str(wav), "--beam", "0"), 1, "beam must be"),
+             (("transcribe", str(asr), str(tmp_path / "not.png")), 1, "not a WAV file"),
+             (("generate", str(textgen_bundle), "a", "--top-p", "0"), 1, "top_p must be"),
+             (("imagegen", str(smoke_bundles("imagegen")), "--label", "3", "--steps", "0"), 1, "steps must be"),
+             (("imagegen", str(smoke_bundles("imagegen")), "--label", "x"), 1, "label must be one of"),
              (("classify",), 2, "usage")]
     for args, rc, words in cases:
         proc = node(node_app, *args, ok=False)
@@ -212,5 +219,5 @@ def test_model_card_snippet_runs(node_app, smoke_bundles, task, tmp_path):
         from serve.tasks.asr import Decoding, Limits, transcribe
 
         want = transcribe(runners, decode_audio(str(wav)), CacheSpec(**bundle.info["cache"]),
-                          Decoding(inf["beam"], inf["max_tokens"], ctc_weight=inf["ctc_weight"]), Limits(bundle.info["window"]))
-        assert proc.stdout.strip() == want.text
+                          Decoding(1, inf["max_tokens"], ctc_weight=inf["ctc_weight"]), Limits(bundle.info["window"]))
+        assert proc.stdout.strip() == want.text  # the snippet's default: greedy, as the Speech tab
