@@ -438,6 +438,11 @@ def test_chromium_reads_back_the_labels_of_a_known_scene(scene_app):
         page.wait_for_timeout(300)
         assert not page.locator(".toast-body").count(), "moving a slider before any image is silent"
         shown = _run_tab(page, "detect", scene, SCREENSHOTS / "detect.png")
+        # a threshold typed into the slider's box and Enter: the same image again (a smoke model's scores are ~0.01)
+        page.fill("#detect-score input[type=number]", "0.9")
+        page.press("#detect-score input[type=number]", "Enter")
+        page.wait_for_function("() => document.querySelector('#detect-latency textarea').value.includes('no digits found')",
+                               timeout=30_000)
         classes = set(_run_tab(page, "segment", seg_scene, SCREENSHOTS / "segment.png"))
         page.get_by_role("tab", name="Models").click()
         page.wait_for_timeout(300)

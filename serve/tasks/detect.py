@@ -98,6 +98,7 @@ class DetectTab(TaskTab):
             """A slider moved: the same image again with the new thresholds (nothing yet: nothing to say)."""
             return (gr.skip(),) * 3 if image is None else run(image, score, iou, variant)
 
+        # change, not release: a value typed into the slider's box (and Enter) re-runs too, not only a drag
         for slider in (score, iou):
-            slider.release(guarded(rerun), inputs, outputs, api_name=False, trigger_mode="always_last",
-                           show_progress="hidden")
+            slider.change(guarded(rerun), inputs, outputs, api_name=False, trigger_mode="always_last",
+                          show_progress="hidden")
