@@ -36,8 +36,7 @@ export class BundleError extends Error {}
 export function portableVariants(manifest) {
   const out = [];
   for (const name of PORTABLE) {
-    const status = manifest.variants?.[name]?.status ?? (name === "fp32" ? "accepted" : undefined);
-    if (status !== "accepted") continue;
+    if (manifest.variants?.[name]?.status !== "accepted") continue;
     let bytes = 0;
     for (const g of Object.values(manifest.graphs)) {
       const file = g.files?.[name];
@@ -231,14 +230,7 @@ class KVCache {
 
   /** Keep the rows `rows` in that order (a beam search's surviving parents). */
   select(rows) {
-    for (const n of this.names) {
-      const t = this.past[n];
-      const [, h, p, d] = t.dims;
-      const size = h * p * d;
-      const data = new Float32Array(rows.length * size);
-      rows.forEach((r, i) => data.set(t.data.subarray(r * size, (r + 1) * size), i * size));
-      this.past[n] = { type: "float32", data, dims: [rows.length, h, p, d] };
-    }
+    for (const n of this.names) this.past[n] = pickRows(this.past[n], rows);
     this.batch = rows.length;
   }
 }
@@ -485,20 +477,9 @@ export function round2(x) {
   return Number(x.toFixed(2));
 }
 
-function rowsOf(t) { // an ort.Tensor (N, ...) -> [N, size of a row]
-  const n = t.dims[0];
-  return [n, n ? t.data.length / n : 0];
-}
-
-function repeatRows(t, w) { // np.repeat(t, w, axis=0)
-  const [n, size] = rowsOf(t);
-  const data = new t.data.constructor(n * w * size);
-  for (let i = 0; i < n; i++) for (let j = 0; j < w; j++) data.set(t.data.subarray(i * size, (i + 1) * size), (i * w + j) * size);
-  return { type: t.type, data, dims: [n * w, ...t.dims.slice(1)] };
-}
-
+/** Rows `rows` of a tensor (N, ...), in that order (numpy's t[rows]). */
 function pickRows(t, rows) {
-  const [, size] = rowsOf(t);
+  const size = t.dims[0] ? t.data.length / t.dims[0] : 0;
   const data = new t.data.constructor(rows.length * size);
   rows.forEach((r, i) => data.set(t.data.subarray(r * size, (r + 1) * size), i * size));
   return { type: t.type, data, dims: [rows.length, ...t.dims.slice(1)] };
@@ -534,7 +515,8 @@ class Speech {
 
   fixed(enc, w) {
     const out = {};
-    for (const k of ["states_mask", ...this.crossNames]) out[k] = w === 1 ? enc[k] : repeatRows(enc[k], w);
+    const rows = Array.from({ length: enc.states_mask.dims[0] * w }, (_, k) => Math.floor(k / w)); // np.repeat(t, w, 0)
+    for (const k of ["states_mask", ...this.crossNames]) out[k] = w === 1 ? enc[k] : pickRows(enc[k], rows);
     return out;
   }
 
@@ -803,6 +785,12 @@ export function parseWav(bytes) {
   }
   if (!frames) throw new BundleError("the audio is empty (0 samples)");
   return { rate, samples };
+}
+
+/** A WAV file's bytes -> mono float32 at `rate` Hz (16 kHz: what the speech encoder takes). */
+export function decodeWav(bytes, rate = RATE) {
+  const { rate: from, samples } = parseWav(bytes);
+  return resample(samples, from, rate);
 }
 
 /** Resample mono float32 from `rate` to `target` Hz: a windowed-sinc filter (Kaiser, beta 8.6, 32 zero

@@ -101,8 +101,7 @@ JS_CALL = {
     "detect": 'const boxes = await lb.detect(bundle, { data: rgba, width, height, channels: 4 });  // [{label, score, box}]',
     "segment": 'const { mask, shares } = await lb.segment(bundle, { data: rgba, width, height, channels: 4 });',
     "textgen": 'for await (const step of lb.generate(bundle, "The ", { temperature: 0 })) process.stdout.write(step.text);',
-    "asr": 'const { rate, samples } = lb.parseWav(new Uint8Array(readFileSync("speech.wav")));\n'
-           'const { text, segments } = await lb.transcribe(bundle, lb.resample(samples, rate, 16000));',
+    "asr": 'const { text, segments } = await lb.transcribe(bundle, lb.decodeWav(new Uint8Array(readFileSync("speech.wav"))));',
     "imagegen": 'const images = await lb.generateDigits(bundle, { label: "3", count: 4, steps: 25 });  // uint8 S x S each',
 }
 

@@ -28,47 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "web"
 MODULE = ROOT / "js" / "littlebook.mjs"
 ORT_DIST = PAGE / "node_modules" / "onnxruntime-web" / "dist"
-PORTABLE = ("fp32", "int8", "fp16")  # js/littlebook.mjs's PORTABLE
+SITE_FILES = ("index.html", "app.mjs", "style.css", "serve.py")  # the page and its static server, from web/
 RUNTIME = {"wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
            "webgpu": ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")}
-TITLES = {"classify": "Classify", "detect": "Detect", "segment": "Segment", "textgen": "Text", "asr": "Speech",
-          "imagegen": "Digits"}
 # graphs the page runs, where not all of them (imagegen: the sampler holds the denoiser inside its Loop)
 PAGE_GRAPHS = {"imagegen": ("sampler",)}
 EXAMPLES = {"classify": 10, "detect": 4, "segment": 4, "asr": 6, "imagegen": 0, "textgen": 0}
 
-SERVER = '''"""A static server for this site that sends the cross-origin isolation headers onnxruntime-web's
-WASM threads need (SharedArrayBuffer). Standard library only: python serve.py [--port 8080] [--host 127.0.0.1]"""
-import argparse
-import functools
-import http.server
-from pathlib import Path
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
-                      ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
-
-    def end_headers(self):
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cache-Control", "no-cache")
-        super().end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1")
-    a = p.parse_args()
-    handler = functools.partial(Handler, directory=str(Path(__file__).resolve().parent))
-    with http.server.ThreadingHTTPServer((a.host, a.port), handler) as httpd:
-        print(f"serving {Path(__file__).resolve().parent} at http://{a.host}:{httpd.server_address[1]}/", flush=True)
-        httpd.serve_forever()
-'''
 
 
 @dataclass
@@ -87,17 +53,24 @@ def page_graphs(bundle) -> list[str]:
     return [g for g in bundle.graphs if g in PAGE_GRAPHS.get(bundle.task, bundle.graphs)]
 
 
+def portable() -> tuple[str, ...]:
+    """The variants any ONNX Runtime build runs (serve.bundle.VARIANTS; js/littlebook.mjs's PORTABLE)."""
+    from serve.bundle import VARIANTS
+
+    return tuple(name for name, v in VARIANTS.items() if v.portable)
+
+
 def choose_variant(bundle) -> tuple[str, int]:
     """The smallest accepted portable variant whose files are intact, and the bytes of the graph files
     the page runs."""
-    sizes = []
+    order, sizes = portable(), []
     for name in bundle.variants():
-        if name not in PORTABLE:
+        if name not in order:
             continue
         files = {bundle.manifest["graphs"][g]["files"][name] for g in page_graphs(bundle)}
-        sizes.append((sum(int(bundle.manifest["files"][f]["bytes"]) for f in files), PORTABLE.index(name), name))
+        sizes.append((sum(int(bundle.manifest["files"][f]["bytes"]) for f in files), order.index(name), name))
     if not sizes:
-        raise PipelineError(f"{bundle.path}: no accepted portable variant (fp32, int8, fp16) with intact files")
+        raise PipelineError(f"{bundle.path}: no accepted portable variant ({', '.join(order)}) with intact files")
     size, _, name = min(sizes)
     return name, size
 
@@ -116,6 +89,7 @@ def write_site(root: str | Path, out: str | Path, runs: list[str] | None = None,
                force: bool = False) -> list[SiteTask]:
     """Write the site of the newest bundle per task under ``root`` (or the named ``runs``) to ``out``."""
     from serve.discover import find_bundles
+    from serve.tasks import TABS
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -132,18 +106,14 @@ def write_site(root: str | Path, out: str | Path, runs: list[str] | None = None,
     staging = Path(tempfile.mkdtemp(prefix=".web-", dir=out.parent))
     tasks: list[SiteTask] = []
     try:
-        for name in ("index.html", "app.mjs", "style.css"):
+        for name in SITE_FILES:
             shutil.copy2(PAGE / name, staging / name)
         shutil.copy2(MODULE, staging / MODULE.name)
-        (staging / "serve.py").write_text(SERVER)
         (staging / "ort").mkdir()
         runtime_files = RUNTIME["wasm"] + (RUNTIME["webgpu"] if webgpu else ())
         for f in runtime_files:
             shutil.copy2(ORT_DIST / f, staging / "ort" / f)
-        for task in TITLES:
-            if task not in bundles:
-                continue
-            bundle = bundles[task]
+        for task, bundle in sorted(bundles.items(), key=lambda kv: list(TABS).index(kv[0])):  # the app's tab order
             variant, size = choose_variant(bundle)
             folder = staging / "models" / task
             folder.mkdir(parents=True)
@@ -165,7 +135,7 @@ def write_site(root: str | Path, out: str | Path, runs: list[str] | None = None,
             metric = bundle.manifest["metric"]["name"]
             value = bundle.manifest["variants"][variant].get(metric)
             fp32 = bundle.manifest["variants"].get("fp32", {}).get(metric)
-            tasks.append(SiteTask(task, TITLES[task], bundle.name, variant, size, metric, value, fp32))
+            tasks.append(SiteTask(task, TABS[task].title, bundle.name, variant, size, metric, value, fp32))
         site = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tasks": [asdict(t) for t in tasks],
                 "runtime": {"webgpu": webgpu, "files": {f: (ORT_DIST / f).stat().st_size for f in runtime_files}},
                 "problems": problems}

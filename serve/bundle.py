@@ -43,15 +43,18 @@ class Variant:
     title: str  # what people see (the app's variant picker, tables)
     engine: bool = False  # a TensorRT plan rather than an ONNX file
     runtime: str = "onnxruntime"  # what runs the file: onnxruntime, tensorrt, openvino
+    # a file any ONNX Runtime build runs as it is (onnxruntime-node, onnxruntime-web): not an ORT-optimized
+    # file (its fusions and layouts are the building machine's), an engine or OpenVINO's
+    portable: bool = False
 
 
 # The one variant table. The builders live on the pipeline side (pipeline/stages.py: BUILDERS, plus
 # the export itself for fp32 and the engine build for tensorrt); a test checks both name the same.
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("fp32", ".onnx", "fp32 (portable ONNX)"),
+    Variant("fp32", ".onnx", "fp32 (portable ONNX)", portable=True),
     Variant("opt", ".opt.onnx", "fp32, ORT-optimized"),
-    Variant("int8", ".int8.onnx", "INT8"),
-    Variant("fp16", ".fp16.onnx", "FP16"),
+    Variant("int8", ".int8.onnx", "INT8", portable=True),
+    Variant("fp16", ".fp16.onnx", "FP16", portable=True),
     Variant("tensorrt", ".plan", "TensorRT engine", engine=True, runtime="tensorrt"),
     # the portable model.onnx itself, run by OpenVINO instead of ONNX Runtime (no file of its own)
     Variant("openvino", ".onnx", "fp32 on OpenVINO", runtime="openvino"),

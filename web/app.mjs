@@ -87,9 +87,8 @@ function guard(status, fn) {
 // ---------------------------------------------------------------------------------------------
 // Images
 
-function pixels(source, maxSide = 0) { // an <img>, <canvas> or ImageBitmap -> {data RGBA, width, height, channels 4}
-  let w = source.naturalWidth ?? source.width, h = source.naturalHeight ?? source.height;
-  if (maxSide && Math.max(w, h) > maxSide) { const k = maxSide / Math.max(w, h); w = Math.round(w * k); h = Math.round(h * k); }
+function pixels(source) { // an <img>, <canvas> or ImageBitmap -> {data RGBA, width, height, channels 4}
+  const w = source.naturalWidth ?? source.width, h = source.naturalHeight ?? source.height;
   const c = new OffscreenCanvas(w, h), g = c.getContext("2d", { willReadFrequently: true });
   g.drawImage(source, 0, 0, w, h);
   return { data: new Uint8Array(g.getImageData(0, 0, w, h).data.buffer), width: w, height: h, channels: 4 };
@@ -304,8 +303,7 @@ const TABS = {
     });
     const decode = async (bytes) => {
       if (String.fromCharCode(...bytes.subarray(0, 4)) === "RIFF") { // WAV as the server reads it (its errors too)
-        const { rate, samples } = lb.parseWav(bytes);
-        return lb.resample(samples, rate, 16000);
+        return lb.decodeWav(bytes);
       }
       {
         const ctx = new OfflineAudioContext(1, 1, 16000);

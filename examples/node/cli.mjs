@@ -62,8 +62,7 @@ function readAudio(path) {
   } catch {
     throw new lb.BundleError(`the audio file was not found: ${path}`);
   }
-  const { rate, samples } = lb.parseWav(bytes);
-  return lb.resample(samples, rate, 16000);
+  return lb.decodeWav(bytes);
 }
 
 async function main(argv) {

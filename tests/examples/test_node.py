@@ -155,6 +155,17 @@ def test_generated_digits_match_python(node_app, smoke_bundles, tmp_path):
     assert np.abs(got.astype(int) - want).max() <= 1
 
 
+def test_the_portable_variants_are_the_variant_table_s():
+    """js/littlebook.mjs names the portable variants in JavaScript; they are serve.bundle.VARIANTS' own."""
+    import re
+
+    from pipeline.web import portable
+
+    source = (ROOT / "js" / "littlebook.mjs").read_text()
+    names = re.search(r"export const PORTABLE = \[([^\]]*)\]", source).group(1)
+    assert tuple(re.findall(r'"([^"]+)"', names)) == portable() == ("fp32", "int8", "fp16")
+
+
 def test_smallest_variant_and_bad_input(node_app, smoke_bundle, textgen_bundle, smoke_bundles, tmp_path):
     (g,) = answers(node(node_app, "classify", str(smoke_bundle), str(next((smoke_bundle / "examples").glob("*.png"))),
                         "--variant", "smallest", "--json"))
