@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from export.benchmark import sample_call, summarize
 from export.verify import TorchRunner
-from pipeline import plots
+from pipeline import plots, progress
 from pipeline.card import benchmark_table
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json, write_text
@@ -32,6 +32,7 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     running the served computation (the task's loop over its graphs), with its metric."""
     run = as_run(run)
     require_exported(run)
+    progress.report("benchmark", run.dir, detail="timing every backend")
     bcfg, task, m = run.cfg.benchmark, run.task, run.manifest
     metric = task.metric.name
     torch_threads = torch.get_num_threads()
@@ -106,7 +107,8 @@ def benchmark(run: Run | str | Path) -> list[dict]:
     plots.plot_benchmark(rows, axes, task.bench_unit, run.dir / "benchmark.png")
     for f in BENCHMARK_FILES:
         run.record(f)
-    m["benchmark"] = {"file": "benchmark.json", "cpu": cpu, "summary": _ratios(rows, axes)}
+    m["benchmark"] = {"file": "benchmark.json", "cpu": cpu, "summary": _ratios(rows, axes),
+                      "headline": _headline(rows, axes, served, m["serving"])}
     run.save()
     return rows
 
@@ -127,6 +129,7 @@ def _time_cases(task: Task, cfg: RunConfig, cases: list,
                 times[i] += sample_call(call, bcfg.seconds / bcfg.rounds, -(-bcfg.min_runs // bcfg.rounds),
                                         warmup=3 if r == 0 else 1)
                 bar.update(1)
+                progress.report("benchmark", step=bar.n, total=bar.total, detail="timing every backend")
     rows = []
     for (case, name, values, _), t in zip(cells, times):
         timing = summarize(t)
@@ -200,6 +203,23 @@ def judge_serving(run: Run, bundle: Bundle, cases: list[dict[str, Any]], fallbac
     print(f"served per call ({', '.join(f'{v} {n} calls' for v, n in used.items())}): {shown}: {status}"
           + (f" ({reason}); serving falls back to {fallback}" if reason else ""), flush=True)
     return serving
+
+
+PEERS = ("torch.compile", "OpenVINO fp32", "OpenVINO INT8")  # other runtimes of the same model
+
+
+def _headline(rows: list[dict], axes: list[str], served: dict[str, str], serving: dict[str, Any]) -> dict[str, Any]:
+    """The first case in one line for the Models tab: what serving runs, its median latency, torch eager's and
+    the fastest peer runtime's."""
+    first = {a: rows[0][a] for a in axes}
+    times = {r["backend"]: r["median_ms"] for r in rows if all(r[a] == v for a, v in first.items())}
+    cases = serving.get("cases") or []
+    variant = cases[0]["variant"] if cases and serving.get("status") == "accepted" else serving.get("fallback", "fp32")
+    backend = next((name for name, v in served.items() if v == variant), None)
+    peers = {name: times[name] for name in PEERS if name in times}
+    peer = min(peers, key=peers.get) if peers else None
+    return {"case": first, "variant": variant, "ms": times.get(backend), "torch_eager_ms": times.get("torch eager"),
+            "peer": peer, "peer_ms": peers.get(peer)}
 
 
 def _ratios(rows: list[dict], axes: list[str]) -> dict[str, float]:

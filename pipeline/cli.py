@@ -57,6 +57,14 @@ def _parser() -> ArgumentParser:
     sp = sub.add_parser("run", help="train -> export -> optimize -> benchmark")
     sp.add_argument("task", help=", ".join(TASKS) + ", or all")
     train_args(sp)
+    sp.add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped (training from its last "
+                    "checkpoint, then the stages not done yet)")
+    sp.add_argument("--serve", action="store_true", help="start the app first: its front tab shows each task's "
+                    "progress and each demo goes live as its bundle lands (fastest first); a finished bundle is "
+                    "kept, an interrupted one continued. The serving options below apply")
+    from serve.__main__ import serving_options
+
+    serving_options(sp.add_argument_group("serving (with --serve)"))
     return p
 
 
@@ -92,8 +100,21 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = dict(config_file=args.config, sets=sets, data=args.data, out=args.out)
             if args.command == "train":
                 stages.train(args.task, args.preset, resume=args.resume, **kwargs)
+            elif args.resume:
+                if args.task == "all" or args.serve:
+                    raise PipelineError("--resume continues one run: python -m pipeline run TASK --resume RUN_DIR")
+                print(f"bundle: {stages.continue_run(args.resume).resolve()}")
             else:
                 names = list(TASKS) if args.task == "all" else [get_task(args.task).name]
+                if args.serve:
+                    from pipeline.live import serve_while_making
+
+                    if args.config or args.data:
+                        raise PipelineError("--serve makes the built-in data's models: leave out --config and --data, "
+                                            "or run without --serve")
+                    args.artifacts = args.out
+                    return serve_while_making(names, args.preset, Path(args.out),
+                                              [a for s in args.sets for a in ("--set", s)], args)
                 for name in names:
                     run_dir = stages.run_all(name, args.preset, **kwargs)
                     print(f"bundle: {Path(run_dir).resolve()}")

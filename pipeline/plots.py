@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from pipeline.fileio import atomic_path  # noqa: E402
 
@@ -35,8 +36,23 @@ def plot_curves(records: list[dict], metric: str, path: Path) -> None:
     _save(fig, path)
 
 
+def length_axis(rows: list[dict], axes: list[str]) -> str | None:
+    """The benchmark's axis of sizes other than the batch (text's context, speech's seconds, the sampler's
+    steps) when it takes 3 values or more: the charts' x axis."""
+    best, count = None, 2
+    for a in axes:
+        values = {r[a] for r in rows}
+        if a != "batch" and all(isinstance(v, (int, float)) for v in values) and len(values) > count:
+            best, count = a, len(values)
+    return best
+
+
 def plot_benchmark(rows: list[dict], axes: list[str], unit: str, path: Path) -> None:
-    """Latency of the first case and the throughput of every other case, per backend, side by side."""
+    """Latency of the first case and the throughput of every other case, per backend, side by side; where the
+    cases vary a length (:func:`length_axis`), latency against that length instead, a panel per batch size
+    and per value of the other axes."""
+    if (x := length_axis(rows, axes)) is not None:
+        return _plot_by_length(rows, axes, x, path)
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     cases = list(dict.fromkeys(tuple(r[a] for a in axes) for r in rows))
 
@@ -60,4 +76,36 @@ def plot_benchmark(rows: list[dict], axes: list[str], unit: str, path: Path) -> 
     for a in ax:
         a.invert_yaxis()
         a.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def _plot_by_length(rows: list[dict], axes: list[str], x: str, path: Path) -> None:
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    others = [a for a in axes if a not in (x, "batch")]
+    columns = list(dict.fromkeys(tuple(r[a] for a in others) for r in rows))
+    batches = sorted({r["batch"] for r in rows}) if "batch" in axes else [None]
+    fig, grid = plt.subplots(len(batches), len(columns), figsize=(3.9 * len(columns), 2.9 * len(batches)),
+                             layout="constrained", squeeze=False, sharex=True)
+    for i, batch in enumerate(batches):
+        for j, column in enumerate(columns):
+            ax = grid[i][j]
+            for k, backend in enumerate(backends):
+                points = sorted((r[x], r["median_ms"]) for r in rows if r["backend"] == backend
+                                and (batch is None or r["batch"] == batch)
+                                and tuple(r[a] for a in others) == column)
+                if points:
+                    ax.plot(*zip(*points), "o-", ms=3, lw=1.2, color=f"C{k % 10}", label=backend)
+            what = ", ".join(f"{a} {v}" for a, v in zip(others, column))
+            ax.set(xscale="log", yscale="log", title=", ".join(p for p in (f"batch {batch}" if batch else "", what) if p))
+            ax.set_xticks(sorted({r[x] for r in rows}))
+            for axis in (ax.xaxis, ax.yaxis):  # plain numbers at the measured sizes, not powers of ten
+                axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(ticker.NullFormatter())
+            ax.grid(alpha=0.3, which="both")
+            if i == len(batches) - 1:
+                ax.set_xlabel(x)
+            if j == 0:
+                ax.set_ylabel("ms (median, lower is better)")
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     _save(fig, path)

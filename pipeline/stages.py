@@ -24,7 +24,7 @@ import torch
 from export import onnx_to_engine, onnx_to_openvino, onnx_to_ort
 from export.torch_to_onnx import assemble_onnx, export_onnx
 from export.verify import gate
-from pipeline import plots
+from pipeline import plots, progress
 from pipeline.card import model_card
 from pipeline.config import load_file, to_dict
 from pipeline.errors import PipelineError
@@ -34,7 +34,7 @@ from pipeline.run import (TRAINED_FILES, Run, as_run, git_commit, metric_entry, 
                           versions)
 from pipeline.tasks import get_task
 from pipeline.tasks.base import RunConfig, build_model, resolve
-from pipeline.train import fit, read_metrics, setup_runtime
+from pipeline.train import CHECKPOINT, TRAINING_STATE, fit, read_metrics, setup_runtime
 from serve.bundle import (CONFIG, MANIFEST, SCHEMA_VERSION, BundleError, engine_tag, first_line, graph_files,
                           metric_columns, safe_file_name, sha256, shown, variant_file)
 from serve.engine import EngineSession
@@ -153,6 +153,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
             path = required_bundle(other, cfg.preset, Path(out))
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{field_name: str(path.resolve())}))
     rt = setup_runtime(cfg.train)
+    progress.report("train", resume, force=True, detail="preparing the data")
     dataset = task.load_data(cfg)
     cfg = task.complete_config(dataset, cfg)
     torch.manual_seed(cfg.train.seed)
@@ -165,6 +166,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
             except OSError as e:
                 raise PipelineError(f"cannot create the run folder {run_dir}: {e.strerror}") from None
     if rt.is_main:
+        progress.report("train", run_dir, force=True, detail="starting")
         write_json(run_dir / CONFIG, cfg.to_dict())
         print(f"training {task.name}/{cfg.model_name} ({cfg.preset}) on {task.describe_data(dataset)} "
               f"on {rt.device}{f' x {rt.world_size} processes' if rt.distributed else ''} -> {run_dir}", flush=True)
@@ -182,6 +184,7 @@ def train(task_name: str, preset: str = "quick", config_file: str | None = None,
     }
     if not rt.is_main:
         return Run(run_dir, task, cfg, dataset, trained, manifest)
+    progress.report("train", run_dir, force=True, detail="testing")
     test = task.evaluate(trained, task.dataset(dataset, "test", cfg), rt.device, cfg)
     run = Run(run_dir, task, cfg, dataset, trained.cpu().eval(), manifest)
     plots.plot_curves(read_metrics(run_dir), task.metric.name, run_dir / "curves.png")
@@ -221,6 +224,7 @@ def export(run: Run | str | Path) -> dict[str, Path]:
     run = as_run(run, allow_older=True)
     task, graphs = run.task, run.graphs
     files = {g: variant_file(g, "fp32") for g in graphs}
+    progress.report("export", run.dir, detail="exporting and verifying against PyTorch")
     print(f"exporting {run.dir.name} -> {', '.join(files.values())}", flush=True)
     with ExitStack() as stack:
         tmp = {g: stack.enter_context(atomic_path(run.dir / f)) for g, f in files.items()}
@@ -309,6 +313,7 @@ def optimize(run: Run | str | Path, int8: bool = True, fp16: bool = True, tensor
     def make(variant: str, build: Builder, open_session, tag: str = "", **info) -> dict[str, Any]:
         """Build one file per graph, score the set with the task's loop, judge it against fp32."""
         files = {g: variant_file(g, variant, tag) for g in sources}
+        progress.report("optimize", run.dir, detail=variant + (f" ({info['mode']})" if "mode" in info else ""))
         entry: dict[str, Any] = dict(info)
         try:
             with ExitStack() as stack:
@@ -422,6 +427,48 @@ def _print_variant(label: str, entry: dict[str, Any], m: dict[str, Any]) -> None
 
 # ---------------------------------------------------------------------------------------------
 # all stages
+
+
+def stages_left(run_dir: Path) -> list[str]:
+    """What ``run`` still has to do in ``run_dir`` (in order): train, export, optimize, benchmark; [] when it
+    is a finished bundle. A training folder with no checkpoint yet cannot be continued: ["new"]."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or run_dir.name.endswith(PARTIAL):
+        resumable = all((run_dir / f).is_file() for f in (CONFIG, CHECKPOINT, TRAINING_STATE))
+        return ["train", "export", "optimize", "benchmark"] if resumable else ["new"]
+    variants = manifest.get("variants") if isinstance(manifest.get("variants"), dict) else {}
+    return [stage for stage, done in (("export", "fp32" in variants), ("optimize", "opt" in variants),
+                                      ("benchmark", "benchmark" in manifest)) if not done]
+
+
+def continue_run(run_dir: str | Path) -> Path:
+    """``run`` continued where it stopped: training resumed from its last checkpoint, then the stages not
+    done yet. Returns the bundle's folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PipelineError(f"run folder not found: {run_dir}")
+    left = stages_left(run_dir)
+    if left == ["new"]:
+        raise PipelineError(f"cannot continue {run_dir}: it holds no checkpoint yet (stopped before its first "
+                            "evaluation); start a new run")
+    if not left:
+        print(f"{run_dir} is finished: nothing to do", flush=True)
+        return run_dir
+    if "train" in left:
+        saved = load_file(run_dir / CONFIG)
+        run = train(str(saved.get("task")), str(saved.get("preset", "quick")), resume=run_dir)
+    else:
+        run = as_run(run_dir, allow_older=True)
+    if "export" in left:
+        export(run)
+    if "optimize" in left:
+        optimize(run, int8=True, fp16=True, tensorrt=onnx_to_engine.unavailable_reason() is None)
+    benchmark(run)
+    return run.dir
 
 
 def run_all(task_name: str, preset: str = "quick", **train_kwargs) -> Path:

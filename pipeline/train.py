@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from pipeline import progress
 from pipeline.errors import PipelineError
 from serve.bundle import first_line
 from pipeline.fileio import atomic_path, write_text
@@ -365,6 +366,7 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
     if step >= budget.total and rt.is_main:
         print(f"already trained for {step} steps (budget {budget.total}); nothing to do")
     batches = _batches(loader, sampler, budget, step)
+    start_step, started = step, time.perf_counter()
     while step < budget.total:
         period_end = min(budget.total, (step // budget.eval_every + 1) * budget.eval_every)
         model.train()
@@ -394,6 +396,10 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
             rate = seen * rt.world_size / (time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix({"loss": f"{loss.item():.4f}", f"{unit}/s": f"{rate:.0f}"})
+            if rt.is_main:
+                per_step = (time.perf_counter() - started) / (step - start_step)
+                progress.report("train", run_dir, step=step, total=budget.total, loss=round(loss.item(), 4),
+                                eta_s=round(per_step * (budget.total - step), 1))
             if step % cfg.log_every == 0:
                 record = {"split": "train", "epoch": epoch + 1, "step": step, "loss": loss.item(),
                           "lr": optimizer.param_groups[0]["lr"], f"{unit}_per_s": rate}
@@ -407,6 +413,7 @@ def fit(step_fn: StepFn, eval_fn: EvalFn, model: nn.Module, train_set: Dataset, 
             generators = [None] * rt.world_size
             dist.all_gather_object(generators, generator.get_state())
         if rt.is_main:
+            progress.report("train", run_dir, force=True, step=step, total=budget.total, detail="evaluating")
             val = eval_fn(ema if ema is not None else model, val_set, rt.device)
             log({"split": "val", "epoch": step / budget.steps_per_epoch, "step": step,
                  "train_loss": total / max(1, count), "seconds": seconds, **val})

@@ -40,11 +40,8 @@ def _bytes(size: str) -> int:
         raise ArgumentTypeError(f"expected a size such as 10mb, got {size!r}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
-    p.add_argument("artifacts", nargs="?", default="artifacts", help="artifacts folder (default: artifacts)")
-    p.add_argument("--run", action="append", default=[], metavar="RUN",
-                   help="serve this run (folder name or path) instead of the newest of its task (repeatable)")
+def serving_options(p: ArgumentParser) -> None:
+    """The options of serving (here, and ``python -m pipeline run all --serve``)."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--concurrency", type=_positive, default=8, help="requests run at once (default: 8)")
@@ -65,20 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-window", type=float, default=0.0, metavar="MS",
                    help="milliseconds a graph call waits for others to batch with, beyond those that queued "
                         "while the previous batch ran (default: 0)")
-    args = p.parse_args(argv)
-    try:
-        max_body = _bytes(args.max_upload)
-    except ArgumentTypeError as e:
-        p.error(f"argument --max-upload: {e}")
-    LIMITS.max_side = args.max_side
-    _return_freed_memory()
 
-    from serve.app import MAKE_ONE, build_app
-    from serve.discover import find_bundles
 
-    bundles, problems = find_bundles(args.artifacts, args.run or None, spin=args.spin, keep=max(0, args.keep_variants))
-    for line in problems:
-        print(f"warning: {line}", file=sys.stderr)
+def usable(bundles: dict, problems: list[str]) -> dict:
+    """``bundles`` with their served variants loaded (warmed up); one that cannot load any is dropped
+    with a line in ``problems``. Each is printed, and each problem goes to stderr."""
     for task, b in list(bundles.items()):
         for variant, why in b.warm_up().items():
             print(f"warning: {task} {variant}: {why}", file=sys.stderr)
@@ -88,11 +76,32 @@ def main(argv: list[str] | None = None) -> int:
             del bundles[task]
             continue
         print(f"{task}: {b.path} (variants: {', '.join(b.variants())})")
-    if not bundles:
-        print(f"no bundle found in {args.artifacts}; make one with `{MAKE_ONE}`")
+    return bundles
+
+
+class Served:
+    """The app and the inference protocol, listening (:func:`start`); :meth:`stop` closes both."""
+
+    def __init__(self, app, protocol, v2):
+        self.app, self.protocol, self.v2 = app, protocol, v2
+
+    def stop(self) -> None:
+        if self.protocol is not None:
+            self.protocol.stop()
+        self.app.close()
+
+
+def start(args, bundles: dict, problems: list[str], board=None) -> Served:
+    """Listen with ``args`` (:func:`serving_options`); a port that cannot be had is an ``OSError`` whose
+    message says which and what to do. ``board``: the models still being made (:mod:`serve.live`)."""
+    from serve.app import build_app
+
+    max_body = _bytes(args.max_upload)
+    LIMITS.max_side = args.max_side
+    _return_freed_memory()
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     app = build_app(bundles, problems, args.artifacts,
-                    protocol=f"http://{shown_host}:{args.v2_port}" if args.v2_port else None)
+                    protocol=f"http://{shown_host}:{args.v2_port}" if args.v2_port else None, board=board)
     # Collector pauses were the latency tail under load (16 clients: p99 450 ms with the defaults,
     # 150 ms with these; benchmarks/serve_load.py). Start-up objects live as long as the process:
     # freeze them out of every scan, and collect young objects in larger, rarer batches.
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
-    protocol = None
+    protocol = v2 = None
     if args.v2_port:  # first: a port in use stops everything before the app listens
         from serve.protocol import Protocol, Server, models_of
         from serve.triton_config import model_config
@@ -111,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             protocol.start()
         except OSError as e:
-            print(f"error: cannot serve the inference protocol on {args.host}:{args.v2_port}: {e} "
-                  "(--v2-port picks another, 0 turns it off)", file=sys.stderr)
-            return 2
+            raise OSError(f"cannot serve the inference protocol on {args.host}:{args.v2_port}: {e} "
+                          "(--v2-port picks another, 0 turns it off)") from None
+        if board is not None:  # the models landing later join the protocol as they land
+            board.listeners.append(lambda task, bundle: v2.add(models_of({task: bundle})))
     try:
         app.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
                    # what people did wrong is a gr.Error with its message (shown either way); anything
@@ -121,20 +131,49 @@ def main(argv: list[str] | None = None) -> int:
                    show_error=False,
                    quiet=True, footer_links=["api"], prevent_thread_lock=True)
     except OSError as e:
-        print(f"error: cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}", file=sys.stderr)
         if protocol is not None:
             protocol.stop()
-        return 2
+        raise OSError(f"cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}") from None
     if protocol is not None:
         print(f"inference protocol (KServe v2, Triton's HTTP API) on http://{shown_host}:{args.v2_port}/v2: "
               f"{len(v2.models)} models", flush=True)
     print(f"serving on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    return Served(app, protocol, v2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0].strip("`"))
+    p.add_argument("artifacts", nargs="?", default="artifacts", help="artifacts folder (default: artifacts)")
+    p.add_argument("--run", action="append", default=[], metavar="RUN",
+                   help="serve this run (folder name or path) instead of the newest of its task (repeatable)")
+    serving_options(p)
+    args = p.parse_args(argv)
     try:
-        app.block_thread()
+        _bytes(args.max_upload)
+    except ArgumentTypeError as e:
+        p.error(f"argument --max-upload: {e}")
+    LIMITS.max_side = args.max_side
+
+    from serve.app import MAKE_ONE
+    from serve.discover import find_bundles
+
+    bundles, problems = find_bundles(args.artifacts, args.run or None, spin=args.spin, keep=max(0, args.keep_variants))
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    usable(bundles, problems)
+    if not bundles:
+        print(f"no bundle found in {args.artifacts}; make one with `{MAKE_ONE}`")
+    try:
+        served = start(args, bundles, problems)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        served.app.block_thread()
     except KeyboardInterrupt:
         pass
-    if protocol is not None:
-        protocol.stop()
+    if served.protocol is not None:
+        served.protocol.stop()
     return 0
 
 

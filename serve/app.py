@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Gradio's queue rebuilds a pandas summary of its last N events after every event (N = 10,000 and
@@ -12,7 +13,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 import gradio as gr  # noqa: E402
 
-from serve.bundle import first_line, graph_files, metric_columns, shown, variant_title  # noqa: E402
+from serve.bundle import first_line  # noqa: E402
+from serve.live import Board, board_html, waiting_html  # noqa: E402
+from serve.models_tab import models_tab  # noqa: E402
 from serve.runtime import Bundle  # noqa: E402
 from serve.tasks import TABS  # noqa: E402
 
@@ -25,7 +28,8 @@ def _endpoint(block_fn) -> tuple[str, list[str]]:
 
     name = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "this endpoint"
     try:
-        params = list(inspect.signature(block_fn.fn).parameters)
+        hints = getattr(block_fn.fn, "__annotations__", {})
+        params = [p for p in inspect.signature(block_fn.fn).parameters if hints.get(p) is not gr.Request]
     except (TypeError, ValueError):
         params = []
     return f"/{name}".replace("//", "/"), params
@@ -58,136 +62,98 @@ class App(gr.Blocks):
                            print_exception=False) from None
 
 
-def _variants_table(bundle: Bundle) -> str:
-    columns = metric_columns(bundle.manifest)
-    rows = ["| variant | files | " + " | ".join(t for t, _ in columns) + " | status |",
-            "| --- | --- |" + " ---: |" * len(columns) + " --- |"]
-    for variant, v in bundle.manifest["variants"].items():
-        note = v.get("status", "?") + (f": {v['reason']}" if v.get("reason") else "")
-        files = graph_files(bundle.manifest, variant)
-        for f in files.values():
-            if f in bundle.bad_files:
-                note = f"not used: {f} {bundle.bad_files[f]}"
-        shown_files = ", ".join(f"`{f}`" for f in files.values()) or "-"
-        values = " | ".join(shown(v.get(key)) for _, key in columns)
-        rows.append(f"| {variant_title(variant)} | {shown_files} | {values} | {note} |")
-    return "\n".join(rows)
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1),
-                      *("| " + " | ".join(r) + " |" for r in rows)])
-
-
-def _metrics_table(manifest: dict) -> str:
-    """The metric on each scored set, for PyTorch (as trained, and the served computation) and the
-    portable ONNX graphs."""
-    columns = metric_columns(manifest)
-    names = {"torch": "PyTorch (training's evaluation)", "torch_served": "PyTorch, served computation",
-             "onnx_fp32": "ONNX fp32"}
-    rows = [[names.get(k, k), *(shown(v.get(key)) for _, key in columns)]
-            for k, v in manifest.get("metrics", {}).items() if isinstance(v, dict)]
-    rows += [[f"{k} (baseline)", *(shown(v.get(key)) for _, key in columns)]
-             for k, v in manifest.get("baselines", {}).items() if isinstance(v, dict)]
-    return _table(["model", *(t for t, _ in columns)], rows)
-
-
-def _samples(manifest: dict) -> str:
-    """What the exported model produced on held-out inputs (prompt, then its output in bold)."""
-    out = []
-    for s in manifest.get("samples", [])[:4]:
-        if isinstance(s, dict):
-            parts = [str(s.get(k, "")).replace("\n", " ") for k in ("prompt", "continuation")]
-            out.append(f"- {parts[0]} **{parts[1]}**")
-    return "\n\n**Samples** (seeded, served defaults; the model's output in bold)\n\n" + "\n".join(out) if out else ""
-
-
-def _parity_table(manifest: dict) -> str:
-    sets = {k: v for k, v in manifest.get("parity", {}).items() if isinstance(v, dict)}
-    keys = list(dict.fromkeys(k for p in sets.values() for k in p if k not in ("description", "samples")))
-    rows = [[str(p.get("description", name)), str(p.get("samples", "-")),
-             *(_measured(k, p.get(k)) for k in keys)]
-            for name, p in sets.items()]
-    return _table(["held-out set", "samples", *(k.replace("_", " ") for k in keys)], rows)
-
-
-def _measured(key: str, value) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "-" if value is None else str(value)
-    return f"{100 * value:.1f}%" if "agreement" in key else f"{value:.2g}"
-
-
-def _serving(bundle: Bundle) -> str:
-    usable, serving = bundle.variants(), bundle.serving
-    recorded = [", ".join(f"{k} {v}" for k, v in case.axes.items()) + f": {case.variant}"
-                + ("" if case.variant in usable else " (not usable here)") for case in serving.cases]
-    if not recorded:
-        return f"{bundle.default_variant} (no benchmark yet)"
-    if serving.status == "rejected":
-        what = ("the fastest accepted single variant" if bundle.default_variant == serving.fallback
-                else f"the fastest accepted single variant, {serving.fallback}, cannot run here")
-        return (f"every call on {bundle.default_variant} ({what}): the fastest per call "
-                f"({'; '.join(recorded)}) was rejected on the held-out sets ({serving.reason})")
-    return "; ".join(recorded) + (f". Each call runs the choice of the nearest case usable here (a single "
-                                  f"input: {bundle.default_variant})")
-
-
-def _protocol(task: str, bundle: Bundle, url: str | None) -> str:
-    """How a program reaches this bundle through the inference protocol (Triton's client, either server)."""
-    if not url:
-        return ""
-    from serve.protocol import models_of
-
-    names = list(models_of({task: bundle}))
-    first = next(iter(bundle.manifest["graphs"][bundle.graphs[0]]["io"]["inputs"]))
-    return (f"\n\n**Inference protocol** (KServe v2 / Triton, `{url}/v2`): models "
-            + ", ".join(f"`{n}`" for n in names) + f"; versions are the variants ({', '.join(bundle.variants())}), "
-            f"none: the served choice. `GET {url}/v2/models/{task}` gives its inputs (first graph's first input: "
-            f"`{first['name']}`, {first['dtype']}).")
-
-
-def _models_tab(bundles: dict[str, Bundle], problems: list[str], protocol: str | None = None) -> None:
-    if not bundles:
-        gr.Markdown("No bundles yet.")
-    for task, bundle in bundles.items():
-        m = bundle.manifest
-        served = ", ".join(f"{k} = {v}" for k, v in bundle.inference.items()) or "none (the graph needs no settings)"
-        gr.Markdown(f"### {task}: `{bundle.name}`\n{m.get('architecture', '')}, preset {m.get('preset')}, "
-                    f"data: {m.get('data', '-')}; graphs {', '.join(bundle.graphs)}; folder `{bundle.path}`\n\n"
-                    f"**Metrics**\n\n{_metrics_table(m)}\n\n"
-                    f"**Parity with PyTorch** (the served computation, per held-out set)\n\n{_parity_table(m)}\n\n"
-                    f"**Served defaults**: {served}\n\n**Served variant** (the benchmark's fastest accepted one, "
-                    f"per benchmarked case, unless a caller picks another): {_serving(bundle)}\n\n"
-                    f"**Variants**\n\n" + _variants_table(bundle) + _samples(m) + _protocol(task, bundle, protocol))
-        bench = bundle.file("benchmark.md")
-        if bench:
-            gr.Markdown("**Benchmark** (this machine, when the bundle was made)\n\n" + bench.read_text())
-        with gr.Row():
-            for name, title in (("curves.png", "Training curves"), ("benchmark.png", "Benchmark")):
-                if p := bundle.file(name):
-                    gr.Image(str(p), label=title, interactive=False, buttons=[])
-    for line in problems:
-        gr.Markdown(f"⚠️ {line}")
-
-
 def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, root: str | Path = "artifacts",
-              protocol: str | None = None) -> gr.Blocks:
-    """``protocol``: the inference protocol's base URL, when it is served beside the app (the Models tab says so)."""
+              protocol: str | None = None, board: Board | None = None) -> gr.Blocks:
+    """``protocol``: the inference protocol's base URL, when it is served beside the app (the Models tab
+    says so). ``board``: the models still being made (:mod:`serve.live`): a front tab shows their progress
+    and each of their tabs renders when its bundle lands."""
     problems = problems or []
-    on_load = "\n".join(tab.on_load_js for task, tab in TABS.items() if task in bundles and tab.on_load_js)
+    live = [t for t in (board.tasks if board else []) if t in TABS and t not in bundles]
+    on_load = "\n".join(tab.on_load_js for task, tab in TABS.items()
+                        if (task in bundles or task in live) and tab.on_load_js)
     with App(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
         if on_load:  # the tabs' page-open scripts, in the browser only
             app.load(None, js=f"() => {{\n{on_load}\n}}")
         gr.Markdown("# Little Book of Deep Learning: ONNX demos\nEvery model here runs from its ONNX file "
                     "with ONNX Runtime alone: pre- and post-processing are inside the graph.")
-        if not bundles:
+        if not bundles and not live:
             gr.Markdown(f"**No model bundle found in `{root}`.** Make one with\n\n```\n{MAKE_ONE}\n```\n\n"
                         "then start this app again.", elem_id="no-bundle")
-        with gr.Tabs():
+        with gr.Tabs(selected="progress" if live else None):
+            if board is not None:
+                with gr.Tab("Progress", id="progress"):
+                    front = gr.HTML(board_html(board, _titles()), elem_id="live-progress")
+            waiting, landed = {}, {}
             for task, tab in TABS.items():
                 if task in bundles:
                     with gr.Tab(tab.title, id=task):
                         tab.build(bundles[task])
+                elif task in live:
+                    with gr.Tab(tab.title, id=task):
+                        waiting[task], landed[task] = _live_tab(board, task)
             with gr.Tab("Models", id="models"):
-                _models_tab(bundles, problems, protocol)
+                if board is None:
+                    models_tab(_ordered(bundles), problems, protocol)
+                else:
+                    models = _live_models(board, bundles, problems, protocol)
+        if board is not None:
+            _refresh(board, front, waiting, landed, models)
     return app
+
+
+def _ordered(bundles: dict[str, Bundle]) -> dict[str, Bundle]:
+    """In the tabs' order."""
+    return {t: bundles[t] for t in TABS if t in bundles} | bundles
+
+
+def _titles() -> dict[str, str]:
+    return {task: tab.title for task, tab in TABS.items()}
+
+
+def _live_tab(board: Board, task: str) -> tuple[gr.HTML, gr.State]:
+    """A task's tab before its bundle lands: what it waits for; then the task's own tab, rendered."""
+    tab = TABS[task]
+    waiting = gr.HTML(waiting_html(board.state(task), tab.title), elem_id=f"{task}-waiting")
+    landed = gr.State("")  # the run folder rendered ("": none yet)
+
+    @gr.render(inputs=landed)
+    def body(run: str) -> None:
+        bundle = board.bundle(task)
+        if run and bundle is not None:
+            tab.build(bundle)
+
+    return waiting, landed
+
+
+def _live_models(board: Board, bundles: dict[str, Bundle], problems: list[str], protocol: str | None) -> gr.State:
+    landed = gr.State("")
+
+    @gr.render(inputs=landed)
+    def body(runs: str) -> None:
+        models_tab(_ordered({**bundles, **board.bundles()}), problems, protocol)
+
+    return landed
+
+
+def _refresh(board: Board, front: gr.HTML, waiting: dict[str, gr.HTML], landed: dict[str, gr.State],
+             models: gr.State) -> None:
+    """Every second while anything is still being made: the board, each waiting tab's line, and the run
+    folder each landed tab renders (a tab re-renders only when its run changes)."""
+    tasks = list(waiting)
+    timer = gr.Timer(1.0)
+
+    def tick(*rendered: str):
+        bundles = board.bundles()
+        runs = [str(bundles[t].path) if t in bundles else "" for t in tasks]
+        out: list[Any] = [board_html(board, _titles())]
+        for t, run in zip(tasks, runs):
+            out.append(gr.update(value=waiting_html(board.state(t), TABS[t].title), visible=not run))
+        out += [run if run != old else gr.skip() for run, old in zip(runs, rendered)]
+        everything = "|".join(str(b.path) for b in bundles.values())
+        out.append(everything if everything != rendered[-1] else gr.skip())
+        out.append(gr.Timer(active=not board.finished))
+        return out
+
+    timer.tick(tick, [*landed.values(), models], [front, *waiting.values(), *landed.values(), models, timer],
+               show_progress="hidden", api_name=False, concurrency_limit=None)  # the queue: a State it sets
+    # must fire its change (the render) -- not so for an unqueued event; unlimited: never waits on the demos

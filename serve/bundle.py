@@ -46,20 +46,23 @@ class Variant:
     # a file any ONNX Runtime build runs as it is (onnxruntime-node, onnxruntime-web): not an ORT-optimized
     # file (its fusions and layouts are the building machine's), an engine or OpenVINO's
     portable: bool = False
+    meaning: str = ""  # one line for people choosing it
 
 
 # The one variant table. The builders live on the pipeline side (pipeline/stages.py: BUILDERS, plus
 # the export itself for fp32 and the engine build for tensorrt); a test checks both name the same.
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("fp32", ".onnx", "fp32 (portable ONNX)", portable=True),
-    Variant("opt", ".opt.onnx", "fp32, ORT-optimized"),
-    Variant("int8", ".int8.onnx", "INT8", portable=True),
-    Variant("fp16", ".fp16.onnx", "FP16", portable=True),
-    Variant("tensorrt", ".plan", "TensorRT engine", engine=True, runtime="tensorrt"),
+    Variant("fp32", ".onnx", "fp32 (portable ONNX)", portable=True, meaning="the exported graph as it is"),
+    Variant("opt", ".opt.onnx", "fp32, ORT-optimized", meaning="fp32 with ONNX Runtime's fusions for this CPU"),
+    Variant("int8", ".int8.onnx", "INT8", portable=True, meaning="8-bit integers: quantized, smaller, often faster"),
+    Variant("fp16", ".fp16.onnx", "FP16", portable=True, meaning="16-bit floats: half the size, no faster on a CPU"),
+    Variant("tensorrt", ".plan", "TensorRT engine", engine=True, runtime="tensorrt",
+            meaning="an NVIDIA TensorRT engine built for this GPU"),
     # the portable model.onnx itself, run by OpenVINO instead of ONNX Runtime (no file of its own)
-    Variant("openvino", ".onnx", "fp32 on OpenVINO", runtime="openvino"),
+    Variant("openvino", ".onnx", "fp32 on OpenVINO", runtime="openvino", meaning="fp32 run by OpenVINO, not ONNX Runtime"),
     # OpenVINO's own INT8: the graph quantized by NNCF (QDQ ONNX), run by OpenVINO
-    Variant("openvino-int8", ".ov-int8.onnx", "INT8 on OpenVINO (NNCF)", runtime="openvino"),
+    Variant("openvino-int8", ".ov-int8.onnx", "INT8 on OpenVINO (NNCF)", runtime="openvino",
+            meaning="8-bit, quantized by NNCF, run by OpenVINO"),
 )}
 
 
@@ -87,6 +90,14 @@ def variant_runtime(variant: str) -> str:
 
 def variant_title(variant: str) -> str:
     return VARIANTS[variant].title if variant in VARIANTS else variant
+
+
+def variant_info(variants: list[str], served: str = "") -> str:
+    """What each of ``variants`` is, one short clause each, for the picker that offers them (``served``:
+    what the picker's first, per-call choice does)."""
+    parts = ([f"served: {served}"] if served else []) + [f"{v}: {VARIANTS[v].meaning}" for v in variants
+                                                          if v in VARIANTS and VARIANTS[v].meaning]
+    return " · ".join(parts)
 
 
 # the instruction sets that decide kernels and INT8 speed (VNNI: int8 dot products; AMX: tiles)

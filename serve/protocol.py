@@ -253,8 +253,15 @@ class Protocol:
         self.loops = ThreadPoolExecutor(concurrency, thread_name_prefix="v2-loop")
         self.batchers = {n: Batcher(m, self.executor if m.graph else self.loops, window if m.graph else 0.0)
                          for n, m in models.items() if m.gather}
-        self.config = config
+        self.config, self.window = config, window
         self.server_metadata = orjson.dumps({"name": SERVER, "version": _version(), "extensions": EXTENSIONS})
+
+    def add(self, models: dict[str, Model]) -> None:
+        """Serve ``models`` too (a bundle that landed while serving; a model of the same name is replaced)."""
+        for n, m in models.items():
+            if m.gather:
+                self.batchers[n] = Batcher(m, self.executor if m.graph else self.loops, self.window if m.graph else 0.0)
+            self.models[n] = m
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":

@@ -220,9 +220,24 @@ def test_chromium_sees_the_text_stream_in(text_app, tmp_path):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "text-stream.png"))
         status = page.input_value("#text-status textarea")
+        # Stop mid-stream: the bytes so far stay, the status says stopped, no box shows an error
+        page.click("#text-generate")
+        page.wait_for_function("() => document.querySelector('#text-output textarea').value.length > 20"
+                               " && document.querySelector('#text-status textarea').value.includes('tokens/s')",
+                               timeout=60_000)
+        page.click("#text-stop")
+        page.wait_for_function("() => document.querySelector('#text-status textarea').value.startsWith('stopped')",
+                               timeout=30_000)
+        page.wait_for_timeout(1000)
+        kept, stopped = page.input_value("#text-output textarea"), page.input_value("#text-status textarea")
+        errors = page.locator("#text-output .error, #text-status .error, .toast-body.error").count()
+        page.screenshot(path=str(SCREENSHOTS / "text-stopped.png"))
     assert status.startswith("done: 1024 bytes"), status
     assert len(seen) >= 3, f"the text did not stream in: {len(seen)} distinct states"
     assert all(final.startswith(s) for s in seen)
+    count = int(stopped.split("stopped after ")[1].split(" ")[0])
+    assert 20 < count < 1024 and len(kept.encode()) >= count - 4, (stopped, len(kept))  # whole UTF-8 characters
+    assert errors == 0
 
 
 def test_train_on_your_own_text_folder(tmp_path):

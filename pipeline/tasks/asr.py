@@ -416,6 +416,7 @@ def decoding_of(cfg: RunConfig) -> tuple[Decoding, loop.Limits]:
 
 class Asr(Task):
     name = "asr"
+    quick_minutes = 13.5  # train, export, optimize, benchmark (measured)
     architectures = ("whisper",)
     default_model = "whisper"
     presets = PRESETS

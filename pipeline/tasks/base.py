@@ -187,6 +187,9 @@ class Task(ABC):
     # the data.<field> holding its path; an empty field is filled at train time with the newest finished bundle
     # of that task beside the run (trained first, with the same preset, when there is none)
     requires: ClassVar[dict[str, str]] = {}
+    # minutes of ``run`` with the quick preset, measured on this project's 2-core CPU: ``run all --serve``
+    # makes the fastest first and shows it as a queued task's wait
+    quick_minutes: ClassVar[float | None] = None
 
     # -- data and model ------------------------------------------------------------------------
 

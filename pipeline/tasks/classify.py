@@ -264,6 +264,7 @@ class Classify(Task):
     """Image classification. Graph ``model``: ``image`` uint8 (N, H, W, C) of any size -> ``probs`` (N, K)."""
 
     name = "classify"
+    quick_minutes = 5.0  # train, export, optimize, benchmark (measured)
     architectures = ("mlp", "lenet", "resnet", "vit")
     default_model = "resnet"
     presets = PRESETS

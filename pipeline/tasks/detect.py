@@ -234,6 +234,7 @@ class Detect(SceneTask):
     """Digit detection: ``image`` (+ thresholds) -> num_detections, boxes, scores, labels."""
 
     name = "detect"
+    quick_minutes = 10.7  # train, export, optimize, benchmark (measured)
     architectures = ("ssd",)
     default_model = "ssd"
     presets = PRESETS

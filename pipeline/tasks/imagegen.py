@@ -381,6 +381,7 @@ class ImageGen(Task):
     """Class-conditional digit generation: denoiser (guided noise estimate) and sampler (DDIM in a Loop)."""
 
     name = "imagegen"
+    quick_minutes = 30.0  # train, export, optimize, benchmark (measured)
     architectures = ("diffusion",)
     default_model = "diffusion"
     presets = PRESETS

@@ -106,6 +106,7 @@ class Segment(SceneTask):
     """Digit segmentation: ``image`` -> ``mask`` (0 background, 1 + digit), ``probs``."""
 
     name = "segment"
+    quick_minutes = 10.1  # train, export, optimize, benchmark (measured)
     architectures = ("unet",)
     default_model = "unet"
     presets = PRESETS

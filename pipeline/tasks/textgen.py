@@ -234,6 +234,7 @@ def _windowed_runner(model: GPT, device: torch.device) -> Callable:
 
 class TextGen(Task):
     name = "textgen"
+    quick_minutes = 16.7  # train, export, optimize, benchmark (measured)
     architectures = ("gpt",)
     default_model = "gpt"
     presets = PRESETS

@@ -73,6 +73,16 @@ def _readable(error: BundleError) -> Exception:
     return gr.Error(str(error), print_exception=False)
 
 
+def takes_request(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Gradio hands ``fn`` the page's request as its ``request`` parameter: Gradio finds it by the annotation
+    ``gr.Request``, which postponed annotations (``from __future__ import annotations``) leave as a string it
+    cannot resolve inside a tab's ``build``; here it is the class itself."""
+    import gradio as gr
+
+    fn.__annotations__ = {**fn.__annotations__, "request": gr.Request}
+    return fn
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """An event handler that gets its images decoded (within the pixel budget, held until it returns)
     and whose BundleErrors reach people as one readable message, not a traceback."""

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.bundle import BundleError
+from serve.bundle import BundleError, variant_info
 from serve.inputs import InputError, is_blank
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
@@ -56,11 +56,15 @@ class ClassifyTab(TaskTab):
     # the sketchpad opens with its brush picked, and picks it again after "Clear canvas" (which drops
     # the tool): people drag the mouse and ink appears
     on_load_js = """
+    const picked = new WeakSet();  // each sketchpad once: it may appear late (a tab rendered as its model lands)
     const pickBrush = (tries) => {
       const brush = document.querySelector("#classify-sketch button[aria-label='Brush']");
       if (brush) brush.click(); else if (tries > 0) setTimeout(() => pickBrush(tries - 1), 100);
     };
-    pickBrush(100);
+    setInterval(() => {
+      const sketch = document.querySelector("#classify-sketch");
+      if (sketch && !picked.has(sketch) && sketch.offsetParent !== null) { picked.add(sketch); pickBrush(100); }
+    }, 200);
     document.addEventListener("click", (event) => {
       if (event.target.closest && event.target.closest("#classify-sketch button[aria-label='Clear canvas']"))
         setTimeout(() => pickBrush(20), 50);
@@ -116,7 +120,8 @@ class ClassifyTab(TaskTab):
                         examples = [str(p) for name in bundle.manifest.get("examples", []) if (p := bundle.file(name))]
                         if examples:
                             gr.Examples(examples=examples, inputs=[upload], label="Held-out test digits")
-                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="classify-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="classify-variant",
+                                   info=variant_info(variants))
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="Prediction", elem_id="classify-label")
                 latency = gr.Textbox(label="Latency", interactive=False, elem_id="classify-latency")
@@ -125,6 +130,12 @@ class ClassifyTab(TaskTab):
         sketch_input(sketch, UNREADABLE_SKETCH)
         choice_input(variant, "variant")
         upload_btn.click(guarded(classify_upload), [upload, variant], [label, latency], api_name="classify")
+
+        def uploaded(image, variant):
+            """An image uploaded, pasted or picked from the examples is classified at once; removed: cleared."""
+            return (None, "") if image is None else classify_upload(image, variant)
+
+        upload.change(guarded(uploaded), [upload, variant], [label, latency], api_name=False, trigger_mode="always_last")
         sketch_btn.click(guarded(classify_sketch), [sketch, variant], [label, latency], api_name="classify_sketch")
         # live: each finished stroke updates the prediction; only the newest drawing is classified
         sketch.change(guarded(live), [sketch, variant], [label, latency], api_name=False, trigger_mode="always_last",

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.bundle import BundleError
+from serve.bundle import BundleError, variant_info
 from serve.inputs import InputError, number
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, number_input
@@ -42,6 +42,24 @@ def detect(bundle: Bundle, image: np.ndarray, score: float, iou: float, variant:
     return out, line
 
 
+def outlines(found: list[Detection], size: tuple[int, int]) -> list[tuple[np.ndarray, str]]:
+    """The boxes drawn per class, as the annotated image's masks: one mask per class (one legend entry, in
+    the order of each class's best score), each box its outline and a faint fill."""
+    h, w = size
+    line = max(2, round(min(h, w) / 160))
+    masks: dict[str, np.ndarray] = {}
+    for d in found:
+        mask = masks.setdefault(d.label, np.zeros((h, w), np.float32))
+        x1, y1 = max(0, int(d.box[0])), max(0, int(d.box[1]))
+        x2, y2 = min(w, max(x1 + 1, round(d.box[2]))), min(h, max(y1 + 1, round(d.box[3])))
+        inside = mask[y1:y2, x1:x2]
+        np.maximum(inside, 0.15, out=inside)
+        for edge in (mask[y1:y1 + line, x1:x2], mask[max(y1, y2 - line):y2, x1:x2],
+                     mask[y1:y2, x1:x1 + line], mask[y1:y2, max(x1, x2 - line):x2]):
+            edge[...] = 1.0
+    return [(m, label) for label, m in masks.items()]
+
+
 class DetectTab(TaskTab):
     task = "detect"
     title = "Detect"
@@ -65,7 +83,7 @@ class DetectTab(TaskTab):
         def run(image, score_threshold, iou_threshold, variant):  # the API's parameter names
             image = need_image(image, bundle)
             found, line = detect(bundle, image, score_threshold, iou_threshold, variant)
-            boxes = [((round(d.box[0]), round(d.box[1]), round(d.box[2]), round(d.box[3])), d.label) for d in found]
+            boxes = outlines(found, image.shape[:2])
             rows = [[d.label, round(d.score, 3), *(round(v, 1) for v in d.box)] for d in found]
             if not found:
                 line = "no digits found above the score threshold; " + line
@@ -83,7 +101,8 @@ class DetectTab(TaskTab):
                                   elem_id="detect-score")
                 iou = gr.Slider(0, 1, value=float(d.get("iou_threshold", 0.45)), step=0.01, label="IoU threshold (NMS)",
                                 elem_id="detect-iou")
-                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="detect-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="detect-variant",
+                                   info=variant_info(variants))
             with gr.Column():
                 shown = gr.AnnotatedImage(label="Detections", color_map=palette, elem_id="detect-image")
                 table = gr.Dataframe(headers=["label", "score", "x1", "y1", "x2", "y2"], label="Detections",

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from serve.bundle import BundleError
+from serve.bundle import BundleError, variant_info
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, Whole, choice_input, guarded_stream, number_input, setting, setting_specs
 from serve.tensors import TensorSpec
@@ -275,7 +275,7 @@ class ImageTab(TaskTab):
                                      info="0: unconditional, 1: conditional, more: stronger", elem_id="imagegen-guidance")
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="imagegen-seed")
                 variant = gr.Radio(bundle.variants(), value=bundle.default_variant, label="Variant",
-                                   elem_id="imagegen-variant")
+                                   info=variant_info(bundle.variants()), elem_id="imagegen-variant")
                 button = gr.Button("Generate", variant="primary", elem_id="imagegen-run")
             with gr.Column():
                 gallery = gr.Gallery(label="Samples", columns=8, height=420, elem_id="imagegen-gallery")

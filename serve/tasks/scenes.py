@@ -68,5 +68,7 @@ def wire_scene(bundle: Bundle, run, controls: tuple, inputs: list, outputs: list
     upload, scene_btn, go = controls
     image_input(upload, NOT_AN_IMAGE)
     go.click(guarded(run), inputs, outputs, api_name=api)
+    # an image uploaded or pasted runs at once, as a drawing does (the button runs it again)
+    upload.upload(guarded(run), inputs, outputs, api_name=False, trigger_mode="always_last")
     scene_btn.click(lambda: new_scene(bundle), [], [upload], api_name=f"{api}_new_scene").then(
         guarded(run), inputs, outputs, api_name=False)

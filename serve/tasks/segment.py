@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.bundle import BundleError
+from serve.bundle import BundleError, variant_info
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input
 from serve.tasks.scenes import colours, need_image, scene_input, wire_scene
@@ -56,7 +56,8 @@ class SegmentTab(TaskTab):
         with gr.Row():
             with gr.Column():
                 controls = scene_input("segment", "Segment")
-                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="segment-variant")
+                variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="segment-variant",
+                                   info=variant_info(variants))
             with gr.Column():
                 shown = gr.AnnotatedImage(label="Mask", color_map=palette, elem_id="segment-image")
                 table = gr.Dataframe(headers=["class", "% of pixels"], label="Classes", interactive=False,

@@ -18,18 +18,19 @@ from __future__ import annotations
 import codecs
 import functools
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from serve.bundle import BundleError
+from serve.bundle import BundleError, variant_info
 from serve.kv_cache import CacheSpec, KVCache, pad, past_names, present_name  # noqa: F401 (loop.past_names ...)
 from serve.inputs import InputError, as_text, echo, number
 from serve.runtime import Bundle
 from serve.tasks.base import (TaskTab, Whole, choice_input, guarded_stream, number_input, setting, setting_specs,
-                              text_input)
+                              takes_request, text_input)
 from serve.tensors import TensorSpec
 
 GRAPH = "model"
@@ -408,8 +409,13 @@ class TextTab(TaskTab):
         spec = CacheSpec.of(bundle.info)
         d = bundle.inference
 
-        def run(prompt, temperature, top_k, top_p, max_new_tokens, seed, variant):
-            """Streams (text so far, status line) as bytes are generated."""
+        stops: dict[str, threading.Event] = {}  # per page (session): set by Stop, read by its running generation
+
+        @takes_request
+        def run(prompt, temperature, top_k, top_p, max_new_tokens, seed, variant, request=None):
+            """Streams (text so far, status line) as bytes are generated; Stop ends it where it is."""
+            session = getattr(request, "session_hash", None) or ""
+            stopped = stops[session] = threading.Event()
             prompt = as_text(prompt, "the prompt")
             sampling = sampling_from(temperature, top_k, top_p, max_new_tokens, seed)
             data, dropped = prepare([prompt or ""], spec.context)
@@ -423,21 +429,27 @@ class TextTab(TaskTab):
                 return "served: " + ", ".join(f"{n} call{'s' * (n > 1)} on {v}" for v, n in runner.used.items())
 
             text, t0, count, shown_at = "", time.perf_counter(), 0, 0.0
-            for step in generate(runner, data, sampling, spec):
-                count += 1
-                text += step.text[0]
-                now = time.perf_counter()
-                if step.text[0] and now - shown_at >= STREAM_EVERY:  # each update costs the server ~1 ms
-                    shown_at = now
-                    yield text, f"{note}{count} bytes, {count / (now - t0):.0f} tokens/s ({ran()})"
+            try:
+                for step in generate(runner, data, sampling, spec):
+                    if stopped.is_set():
+                        yield text, f"{note}stopped after {count} bytes in {time.perf_counter() - t0:.2f} s ({ran()})"
+                        return
+                    count += 1
+                    text += step.text[0]
+                    now = time.perf_counter()
+                    if step.text[0] and now - shown_at >= STREAM_EVERY:  # each update costs the server ~1 ms
+                        shown_at = now
+                        yield text, f"{note}{count} bytes, {count / (now - t0):.0f} tokens/s ({ran()})"
+            finally:
+                if stops.get(session) is stopped:
+                    del stops[session]
             seconds = time.perf_counter() - t0
             yield text, (f"{note}done: {count} bytes in {seconds:.2f} s, {count / seconds:.0f} tokens/s (a token "
                          f"is a byte; {ran()})")
 
-        at = min(128, spec.context)
-        phases = {ph: bundle.serving_variant(1, phase=ph, context=at) for ph in ("prefill", "decode")}
-        variants = [(f"served: the fastest measured per call (a {at}-byte prompt on {phases['prefill']}, "
-                     f"steps on {phases['decode']})", SERVED), *bundle.variants()]
+        variants = [("served (the fastest per call)", SERVED), *bundle.variants()]
+        served = ("each call (the prompt, then each step) on the variant the benchmark measured fastest for its "
+                  "length of context; the status says which ran")
         gr.Markdown(f"**{bundle.name}**: a byte-level GPT ({bundle.info.get('layers')} layers, context "
                     f"{spec.context} bytes) trained on {bundle.manifest.get('data', 'text')}. It continues "
                     "your text one byte at a time, with a KV cache, in the browser's stream.")
@@ -447,8 +459,8 @@ class TextTab(TaskTab):
                                     value="The return value of this function is")
                 with gr.Row():
                     temperature = gr.Slider(0, 2, value=float(d.get("temperature", 0.8)), step=0.05,
-                                            label="Temperature (0: greedy)", elem_id="text-temperature")
-                    top_k = gr.Slider(0, VOCAB, value=int(d.get("top_k", 0)), step=1, label="Top-k (0: off)",
+                                            label="Temperature", info="0: greedy", elem_id="text-temperature")
+                    top_k = gr.Slider(0, VOCAB, value=int(d.get("top_k", 0)), step=1, label="Top-k", info="0: off",
                                       elem_id="text-top-k")
                     top_p = gr.Slider(0.05, 1, value=float(d.get("top_p", 0.95)), step=0.05, label="Top-p",
                                       elem_id="text-top-p")
@@ -456,13 +468,14 @@ class TextTab(TaskTab):
                     max_new = gr.Slider(1, MAX_NEW_TOKENS, value=int(d.get("max_new_tokens", 200)), step=1,
                                         label="Max new bytes", elem_id="text-max-new")
                     seed = gr.Number(value=0, precision=0, label="Seed (empty or -1: random)", elem_id="text-seed")
-                variant = gr.Radio(variants, value=SERVED, label="Variant", elem_id="text-variant")
+                variant = gr.Radio(variants, value=SERVED, label="Variant", elem_id="text-variant",
+                                   info=variant_info(bundle.variants(), served))
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="text-generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="text-stop")
             with gr.Column():
                 output = gr.Textbox(label="Continuation", lines=14, interactive=False, elem_id="text-output")
-                status = gr.Textbox(label="Speed", interactive=False, elem_id="text-status")
+                status = gr.Textbox(label="Status", interactive=False, elem_id="text-status")
         examples = bundle.file("examples/prompts.txt")
         if examples:
             lines = [x for x in examples.read_text(encoding="utf-8").split("\n") if x.strip()][:6]
@@ -471,6 +484,13 @@ class TextTab(TaskTab):
         text_input(prompt, "the prompt")
         for setting in (temperature, top_k, top_p, max_new, seed):
             number_input(setting)
-        event = go.click(guarded_stream(run), [prompt, temperature, top_k, top_p, max_new, seed, variant],
-                         [output, status], api_name="generate")
-        stop.click(None, None, None, cancels=[event], api_name=False)
+        go.click(guarded_stream(run), [prompt, temperature, top_k, top_p, max_new, seed, variant],
+                 [output, status], api_name="generate")
+
+        @takes_request
+        def stop_it(request=None):
+            """The page's running generation ends at its next byte, keeping its text (a cancel would drop it)."""
+            if (event := stops.get(getattr(request, "session_hash", None) or "")) is not None:
+                event.set()
+
+        stop.click(stop_it, None, None, api_name=False, queue=False)

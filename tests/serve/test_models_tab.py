@@ -1,5 +1,5 @@
 """The Models tab's tables: metrics per held-out set, parity, variants; no raw JSON."""
-from serve.app import _metrics_table, _parity_table
+from serve.models_tab import _metrics_table, _parity_table
 from tests.serve.test_manifest import VALID
 
 
@@ -23,7 +23,7 @@ def test_the_serving_choice_is_shown_with_what_runs_here(smoke_bundle, tmp_path)
     import json
     import shutil
 
-    from serve.app import _serving
+    from serve.models_tab import _serving
     from serve.runtime import Bundle
 
     run = tmp_path / "run"
