@@ -68,22 +68,6 @@ def _parser() -> ArgumentParser:
     return p
 
 
-def _write_site(root: Path) -> None:
-    """``run all`` ends with the static site of its bundles (ROOT/site), where onnxruntime-web is installed."""
-    from pipeline.errors import PipelineError
-    from pipeline.web import ORT_DIST, write_site
-
-    if not ORT_DIST.is_dir():
-        print("web site skipped: onnxruntime-web is not installed (npm ci --ignore-scripts in web/)")
-        return
-    try:
-        write_site(root, root / "site", force=True)
-    except PipelineError as e:
-        print(f"web site not written: {e}")
-        return
-    print(f"web site: {(root / 'site').resolve()} (python3 {root / 'site' / 'serve.py'}, then http://127.0.0.1:8080/)")
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     args = _parser().parse_args(argv)
@@ -115,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
                     args.artifacts = args.out
                     return serve_while_making(names, args.preset, Path(args.out),
                                               [a for s in args.sets for a in ("--set", s)], args)
+                from pipeline.web import write_run_site
+
                 for name in names:
                     run_dir = stages.run_all(name, args.preset, **kwargs)
                     print(f"bundle: {Path(run_dir).resolve()}")
                 if args.task == "all":
-                    _write_site(Path(args.out))
+                    write_run_site(Path(args.out))
         elif args.command == "export":
             stages.export(args.run_dir)
         elif args.command == "optimize":

@@ -120,6 +120,10 @@ def serve_while_making(tasks: list[str], preset: str, root: Path, child_args: li
                 continue
             if not _make(p, preset, root, logs, child_args, board):
                 code = 1
+        if len(tasks) > 1:
+            from pipeline.web import write_run_site
+
+            write_run_site(root)
         print(f"all done ({duration(time.time() - board.started)}); still serving, Ctrl-C stops it", flush=True)
         served.app.block_thread()
     except KeyboardInterrupt:

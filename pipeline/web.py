@@ -147,3 +147,16 @@ def write_site(root: str | Path, out: str | Path, runs: list[str] | None = None,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return tasks
+
+
+def write_run_site(root: Path) -> None:
+    """``run all`` ends with the static site of its bundles (ROOT/site), where onnxruntime-web is installed."""
+    if not ORT_DIST.is_dir():
+        print("web site skipped: onnxruntime-web is not installed (npm ci --ignore-scripts in web/)")
+        return
+    try:
+        write_site(root, root / "site", force=True)
+    except PipelineError as e:
+        print(f"web site not written: {e}")
+        return
+    print(f"web site: {(root / 'site').resolve()} (python3 {root / 'site' / 'serve.py'}, then http://127.0.0.1:8080/)")

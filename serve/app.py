@@ -19,7 +19,7 @@ from serve.models_tab import models_tab  # noqa: E402
 from serve.runtime import Bundle  # noqa: E402
 from serve.tasks import TABS  # noqa: E402
 
-MAKE_ONE = "python -m pipeline run all --preset quick"
+MAKE_ONE = "python -m pipeline run all --serve"
 
 
 def _endpoint(block_fn) -> tuple[str, list[str]]:
