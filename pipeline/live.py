@@ -182,7 +182,7 @@ def _make(p: Plan, preset: str, root: Path, logs: Path, child_args: list[str], b
         board.update(p.task, stage="failed", detail=reason, ended=time.time())
         print(f"{p.task}: failed: {reason} (log: {logs / (p.task + '.log')})", flush=True)
         return False
-    bundles, problems = find_bundles(root, [run] if run else None)
+    bundles, problems = find_bundles(root, [Path(run).name] if run else None)  # by name: the child's paths are its own
     if p.task not in bundles:
         why = "; ".join(problems) or "its bundle was not found"
         board.update(p.task, stage="failed", detail=why, ended=time.time())

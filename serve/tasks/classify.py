@@ -11,6 +11,7 @@ from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
 
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
+CANVAS = 280  # the sketchpad's paper, pixels a side
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
 UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
@@ -108,7 +109,7 @@ class ClassifyTab(TaskTab):
                 with gr.Tabs():
                     with gr.Tab("Draw"):
                         sketch = gr.Sketchpad(label="Draw a digit", type="numpy", image_mode="RGBA",
-                                              canvas_size=(280, 280), elem_id="classify-sketch",
+                                              canvas_size=(CANVAS, CANVAS), elem_id="classify-sketch",
                                               brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"))
                         sketch_btn = gr.Button("Classify drawing", variant="primary", elem_id="classify-sketch-btn")
                     with gr.Tab("Upload"):

@@ -204,6 +204,13 @@ def test_one_class_folder_is_one_error_line(capsys, tmp_path):
 def test_missing_run_folder(capsys, tmp_path):
     assert "run folder not found" in _error(capsys, ["export", str(tmp_path / "nope")])
     assert "cannot resume" in _error(capsys, ["train", "classify", "--resume", str(tmp_path / "nope.partial")])
+    assert "run folder not found" in _error(capsys, ["run", "classify", "--resume", str(tmp_path / "nope")])
+    assert "--resume continues one run" in _error(capsys, ["run", "all", "--resume", str(tmp_path)])
+    assert "leave out --config and --data" in _error(capsys, ["run", "all", "--serve", "--data", str(tmp_path)])
+    early = tmp_path / "classify" / "20260101-000000-quick.partial"  # stopped before its first checkpoint
+    early.mkdir(parents=True)
+    (early / "config.json").write_text('{"task": "classify", "preset": "quick"}')
+    assert "holds no checkpoint yet" in _error(capsys, ["run", "classify", "--resume", str(early)])
 
 
 @pytest.mark.slow

@@ -37,3 +37,20 @@ def test_the_serving_choice_is_shown_with_what_runs_here(smoke_bundle, tmp_path)
     del manifest["serving"]
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert _serving(Bundle.open(run)) == "fp32 (no benchmark yet)"
+
+
+def test_the_summary_is_one_row_of_what_serves_and_how_fast():
+    from types import SimpleNamespace
+
+    from serve.models_tab import _summary
+
+    manifest = {"metric": {"name": "accuracy", "unit": "%"}, "variants": {"fp32": {"accuracy": 99.44}},
+                "serving": {"metrics": {"accuracy": 99.72}},
+                "benchmark": {"headline": {"case": {"batch": 1}, "variant": "int8", "ms": 0.77, "torch_eager_ms": 2.98,
+                                           "peer": "OpenVINO fp32", "peer_ms": 0.89}}}
+    row = _summary(SimpleNamespace(manifest=manifest, default_variant="fp32")).splitlines()
+    assert row[0] == "| accuracy: fp32 / served | served variant | its latency | vs torch eager | vs fastest peer |"
+    assert row[2] == "| 99.44% / 99.72% | int8: INT8 | 0.77 ms (batch 1) | 3.9x | 1.2x (OpenVINO fp32) |"
+    # a bundle benchmarked before the headline existed: dashes, not an error
+    old = _summary(SimpleNamespace(manifest={**manifest, "benchmark": {}}, default_variant="fp32")).splitlines()
+    assert old[2] == "| 99.44% / 99.72% | fp32: fp32 (portable ONNX) | - | - | - |"
