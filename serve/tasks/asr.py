@@ -599,6 +599,7 @@ class AsrTab(TaskTab):
         number_input(beam)
         go.click(guarded(run), [audio, beam, variant], [text, table, status], api_name="transcribe")
         audio.stop_recording(guarded(run), [audio, beam, variant], [text, table, status], api_name=False)
+        audio.upload(guarded(run), [audio, beam, variant], [text, table, status], api_name=False)  # at once, too
         mic.stream(guarded(live), [mic, state, variant], [live_text, state], stream_every=0.5,
                    api_name="transcribe_live")
         mic.start_recording(lambda: ("", None), None, [live_text, state], api_name=False)
