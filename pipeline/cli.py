@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def _parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    # Ctrl-C (SIGINT) stops a stage cleanly even where the process was started with it ignored (a
+    # background job of a script): ``run --serve`` stops its child with it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = _parser().parse_args(argv)
     from export.torch_to_onnx import ExportError
     from pipeline import stages

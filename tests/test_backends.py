@@ -183,7 +183,7 @@ def test_a_served_mix_that_loses_too_much_is_rejected_and_serving_falls_back(tex
     call runs the fastest accepted single variant."""
     from pipeline.benchmark import judge_serving
     from pipeline.run import as_run
-    from serve.app import _serving
+    from serve.models_tab import _serving
 
     run_dir = tmp_path / "run"
     shutil.copytree(textgen_bundle, run_dir)

@@ -446,7 +446,13 @@ def test_chromium_reads_back_the_labels_of_a_known_scene(scene_app):
         classes = set(_run_tab(page, "segment", seg_scene, SCREENSHOTS / "segment.png"))
         page.get_by_role("tab", name="Models").click()
         page.wait_for_timeout(300)
+        folded = page.inner_text("body")
+        for fold in ("Variants, metrics and parity", "Benchmark table"):  # the details, folded until opened
+            for label in page.get_by_text(fold, exact=True).all():
+                label.click()
+        page.wait_for_timeout(500)
         models_text = page.inner_text("body")
+    assert "ORT fp32 spin" not in folded and "vs torch eager" in folded  # the summary shows, the tables fold
     for words in (("detect:", "map50", "matched boxes", "ORT fp32 spin"), ("segment:", "miou", "mask agreement")):
         assert all(w in models_text for w in words), words
     assert shown == list(dict.fromkeys(d.label for d in found)) and shown  # a legend entry per class, best first

@@ -146,13 +146,13 @@ def test_demos_in_chromium_match_python(site, served, smoke_bundles):
 
 def test_run_all_ends_with_the_site(site, smoke_bundle, tmp_path, capsys):
     """``run all`` writes ROOT/site from the bundles it made; serve's discovery still sees only the bundles."""
-    from pipeline.cli import _write_site
+    from pipeline.web import write_run_site
     from serve.discover import find_bundles
 
     root = tmp_path / "artifacts"
     (root / "classify").mkdir(parents=True)
     (root / "classify" / smoke_bundle.name).symlink_to(smoke_bundle)
-    _write_site(root)
+    write_run_site(root)
     assert "web site: " in capsys.readouterr().out
     assert json.loads((root / "site" / "site.json").read_text())["tasks"][0]["task"] == "classify"
     found, problems = find_bundles(root)
