@@ -193,7 +193,6 @@ def _make(p: Plan, preset: str, root: Path, logs: Path, child_args: list[str], b
     if not usable({p.task: bundles[p.task]}, problems):
         board.update(p.task, stage="failed", detail="; ".join(problems), ended=time.time())
         return False
-    board.update(p.task, ended=time.time())
     board.land(p.task, bundles[p.task], headline(bundles[p.task]))
     print(f"{p.task}: live ({board.state(p.task).line()})", flush=True)
     return True

@@ -463,6 +463,12 @@ def continue_run(run_dir: str | Path) -> Path:
         run = train(str(saved.get("task")), str(saved.get("preset", "quick")), resume=run_dir)
     else:
         run = as_run(run_dir, allow_older=True)
+    return _finish(run, left)
+
+
+def _finish(run: Run, left: list[str]) -> Path:
+    """The stages after training that ``left`` names (export, optimize: INT8, FP16 and TensorRT where
+    available), then the benchmark."""
     if "export" in left:
         export(run)
     if "optimize" in left:
@@ -476,8 +482,5 @@ def run_all(task_name: str, preset: str = "quick", **train_kwargs) -> Path:
     run = train(task_name, preset, **train_kwargs)
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return run.dir
-    export(run)
-    optimize(run, int8=True, fp16=True, tensorrt=onnx_to_engine.unavailable_reason() is None)
-    benchmark(run)
-    return run.dir
+    return _finish(run, ["export", "optimize"])
 

@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         _bytes(args.max_upload)
     except ArgumentTypeError as e:
         p.error(f"argument --max-upload: {e}")
-    LIMITS.max_side = args.max_side
 
     from serve.app import MAKE_ONE
     from serve.discover import find_bundles

@@ -67,7 +67,12 @@ def _measured(key: str, value) -> str:
     return f"{100 * value:.1f}%" if "agreement" in key else f"{value:.2g}"
 
 
+def _nearest(bundle: Bundle) -> str:
+    return f"Each call runs the choice of the nearest case usable here (a single input: {bundle.default_variant})"
+
+
 def _serving(bundle: Bundle) -> str:
+    """The serving choice in a sentence: the cases' variants, or why every call runs one variant."""
     usable, serving = bundle.variants(), bundle.serving
     recorded = [", ".join(f"{k} {v}" for k, v in case.axes.items()) + f": {case.variant}"
                 + ("" if case.variant in usable else " (not usable here)") for case in serving.cases]
@@ -78,8 +83,7 @@ def _serving(bundle: Bundle) -> str:
                 else f"the fastest accepted single variant, {serving.fallback}, cannot run here")
         return (f"every call on {bundle.default_variant} ({what}): the fastest per call "
                 f"({'; '.join(recorded)}) was rejected on the held-out sets ({serving.reason})")
-    return "; ".join(recorded) + (f". Each call runs the choice of the nearest case usable here (a single "
-                                  f"input: {bundle.default_variant})")
+    return "; ".join(recorded) + ". " + _nearest(bundle)
 
 
 def _protocol(task: str, bundle: Bundle, url: str | None) -> str:
@@ -104,11 +108,11 @@ def _serving_table(bundle: Bundle) -> str:
     axes = list(cases[0].axes)
     rows = [[*(str(c.axes.get(a, "-")) for a in axes), c.variant + ("" if c.variant in usable else " (not usable here)")]
             for c in cases]
-    note = ("" if bundle.serving.status != "rejected" else
-            f"\n\nThe per-call choice was rejected on the held-out sets ({bundle.serving.reason}): every call "
-            f"runs {bundle.default_variant}.")
-    return _table([*axes, "variant"], rows) + note + (f"\n\nA call runs the choice of the nearest case usable here "
-                                                      f"(a single input: {bundle.default_variant}).")
+    note = _nearest(bundle)
+    if bundle.serving.status == "rejected":  # what every call runs instead, and why
+        sentence = _serving(bundle)
+        note = sentence[0].upper() + sentence[1:]
+    return _table([*axes, "variant"], rows) + f"\n\n{note}."
 
 
 def _summary(bundle: Bundle) -> str:

@@ -248,12 +248,12 @@ class Protocol:
 
     def __init__(self, models: dict[str, Model], max_body: int = 10 << 20, workers: int = 2, window: float = 0.0,
                  concurrency: int = 8, config: Callable[[Model], dict[str, Any]] | None = None):
-        self.models, self.max_body = models, max_body
+        self.models, self.max_body = {}, max_body
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="v2")
         self.loops = ThreadPoolExecutor(concurrency, thread_name_prefix="v2-loop")
-        self.batchers = {n: Batcher(m, self.executor if m.graph else self.loops, window if m.graph else 0.0)
-                         for n, m in models.items() if m.gather}
+        self.batchers: dict[str, Batcher] = {}
         self.config, self.window = config, window
+        self.add(models)
         self.server_metadata = orjson.dumps({"name": SERVER, "version": _version(), "extensions": EXTENSIONS})
 
     def add(self, models: dict[str, Model]) -> None:
