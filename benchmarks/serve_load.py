@@ -2,11 +2,12 @@
 p50/p99 latency, errors, and the server's CPU per request.
 
     .venv/bin/python benchmarks/serve_load.py [ARTIFACTS_DIR] [--task classify] [--clients 1,16,64]
-        [--protocol v2|gradio] [--tool python|wrk] [--url http://HOST:8000] [--seconds 20]
+        [--protocol v2|grpc|gradio] [--tool python|wrk] [--url http://HOST:8000] [--seconds 20]
 
 - ``--protocol v2`` (default): the Open Inference Protocol's infer endpoint with binary tensors (what
   ``tritonclient`` sends), one held-out example of the bundle per request; ``gradio``: the app's HTTP API
-  (upload, call, result), classify only.
+  (upload, call, result), classify only; ``grpc``: the same protocol over gRPC (port 8001; tritonclient.grpc's
+  asyncio client, one channel per client; always the python tool: wrk speaks HTTP/1.1 only).
 - ``--tool wrk``: Debian's ``wrk`` with benchmarks/v2_infer.lua drives the v2 endpoint (a load tool made
   for it, in C: the client costs the 2 cores far less than Python's); ``python``: asyncio + httpx.
 - ``--task textgen``: concurrent generations on the ``textgen`` model; reports generated tokens (bytes)/s.
@@ -84,14 +85,14 @@ def v2_body(inputs: dict[str, np.ndarray], **parameters) -> tuple[bytes, int]:
     return head + b"".join(blobs), len(head)
 
 
-def requests_for(task: str, bundle: Path, new_tokens: int) -> tuple[str, list[tuple[bytes, int]]]:
-    """The model to call and a few request bodies for it, from the bundle's held-out examples."""
+def requests_for(task: str, bundle: Path, new_tokens: int) -> tuple[str, list[tuple[dict, dict]]]:
+    """The model to call and a few requests for it (inputs, parameters), from the bundle's held-out examples."""
     from PIL import Image
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     if task == "textgen":
         prompts = [b"The return value of this function is", b"If the argument is omitted,", b"A new list"]
-        return "textgen", [v2_body({"prompt": np.array([p], dtype=object)}, max_new_tokens=new_tokens, temperature=0)
+        return "textgen", [({"prompt": np.array([p], dtype=object)}, {"max_new_tokens": new_tokens, "temperature": 0})
                            for p in prompts]
     examples = [bundle / n for n in manifest.get("examples", []) if n.endswith(".png")][:8]
     if not examples:
@@ -103,7 +104,7 @@ def requests_for(task: str, bundle: Path, new_tokens: int) -> tuple[str, list[tu
         inputs = {"image": image[None]}
         if task == "detect":  # the graph's thresholds: scalars, the app's defaults
             inputs |= {"score_threshold": np.array(0.3, np.float32), "iou_threshold": np.array(0.5, np.float32)}
-        bodies.append(v2_body(inputs))
+        bodies.append((inputs, {}))
     return f"{task}_model", bodies
 
 
@@ -126,6 +127,38 @@ def v2_call(model: str):
     return call
 
 
+def grpc_call(model: str):
+    """One infer call of ``model`` over gRPC (tritonclient.grpc.aio); returns the bytes of text it generated."""
+    import tritonclient.grpc as grpcclient
+
+    from serve.tensors import datatype_of
+
+    async def call(client, item: tuple[dict, dict]) -> int:
+        inputs, params = item
+        tensors = []
+        for name, value in inputs.items():
+            t = grpcclient.InferInput(name, list(value.shape), datatype_of(value.dtype))
+            t.set_data_from_numpy(value)
+            tensors.append(t)
+        r = await client.infer(model, tensors, parameters=params or None)
+        out = r.get_response().outputs[0]
+        return sum(len(v) for v in r.as_numpy(out.name).reshape(-1)) if out.datatype == "BYTES" else 0
+
+    return call
+
+
+def grpc_connect(url: str):
+    import tritonclient.grpc.aio as grpc_aio
+
+    return grpc_aio.InferenceServerClient(url.split("://")[-1])
+
+
+def http_connect(url: str):
+    import httpx
+
+    return httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=1))
+
+
 async def gradio_call(client, item: tuple[bytes, str]) -> int:
     """Gradio's HTTP API, as any language would call it: upload, start the call, read its result."""
     image, name = item
@@ -141,11 +174,10 @@ async def gradio_call(client, item: tuple[bytes, str]) -> int:
     return 0
 
 
-async def python_load(url: str, call, items: list, clients: int, seconds: float,
-                      warmup: int = 3) -> tuple[list[float], list[str], float, int]:
-    """asyncio + httpx clients, each calling ``call`` over ``items`` in a loop (untimed warm-up first).
-    Also returns the bytes generated (textgen)."""
-    import httpx
+async def python_load(url: str, call, items: list, clients: int, seconds: float, warmup: int = 3,
+                      connect=http_connect) -> tuple[list[float], list[str], float, int]:
+    """asyncio clients (httpx, or ``connect``'s), each calling ``call`` over ``items`` in a loop (untimed
+    warm-up first). Also returns the bytes generated (textgen)."""
 
     latencies: list[float] = []
     errors: list[str] = []
@@ -154,7 +186,7 @@ async def python_load(url: str, call, items: list, clients: int, seconds: float,
     deadline = [0.0]
 
     async def client_loop(i: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=1)) as client:
+        async with connect(url) as client:
             for k in range(warmup):
                 await call(client, items[(i + k) % len(items)])
             warmed[0] += 1
@@ -214,9 +246,10 @@ def main() -> None:
     ap.add_argument("--task", default="classify", choices=["classify", "detect", "segment", "textgen"])
     ap.add_argument("--clients", default="1,16,64", help="comma-separated client counts (default: 1,16,64)")
     ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--protocol", default="v2", choices=["v2", "gradio"])
+    ap.add_argument("--protocol", default="v2", choices=["v2", "grpc", "gradio"])
     ap.add_argument("--tool", default="wrk", choices=["wrk", "python"])
-    ap.add_argument("--url", help="a running server's v2 address (http://HOST:PORT); default: start python -m serve")
+    ap.add_argument("--url", help="a running server's v2 address (http://HOST:PORT, or HOST:PORT for grpc); "
+                                  "default: start python -m serve")
     ap.add_argument("--new-tokens", type=int, default=64, help="textgen: bytes generated per request")
     ap.add_argument("--server-args", default="", help="extra arguments for the python -m serve it starts")
     args = ap.parse_args()
@@ -226,22 +259,27 @@ def main() -> None:
     if not manifests:
         sys.exit(f"no {args.task} bundle in {args.artifacts}; make one with `python -m pipeline run {args.task} --preset quick`")
     bundle = manifests[-1].parent
-    model, bodies = requests_for(args.task, bundle, args.new_tokens)
+    model, requests = requests_for(args.task, bundle, args.new_tokens)
+    bodies = [v2_body(inputs, **params) for inputs, params in requests]
     server = None
     url = args.url.rstrip("/") if args.url else None
     if url is None:
-        port, v2 = free_port(), free_port()
+        port, v2, grpc_port = free_port(), free_port(), free_port()
         server = subprocess.Popen([sys.executable, "-m", "serve", args.artifacts, "--port", str(port), "--v2-port", str(v2),
-                                   *args.server_args.split()], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   "--grpc-port", str(grpc_port), *args.server_args.split()], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        url = f"http://127.0.0.1:{v2 if args.protocol == 'v2' else port}"
-        wait_ready(f"{url}/v2/health/ready" if args.protocol == "v2" else url, server)
-    tool = "python" if args.task == "textgen" or args.protocol == "gradio" else args.tool
-    call, items = v2_call(model), bodies
+        url = f"http://127.0.0.1:{port if args.protocol == 'gradio' else v2}"
+        wait_ready(url if args.protocol == "gradio" else f"{url}/v2/health/ready", server)
+        if args.protocol == "grpc":
+            url = f"127.0.0.1:{grpc_port}"
+    tool = "python" if args.task == "textgen" or args.protocol != "v2" else args.tool
+    call, items, connect = v2_call(model), bodies, http_connect
+    if args.protocol == "grpc":
+        call, items, connect = grpc_call(model), requests, grpc_connect
     if args.protocol == "gradio":
         manifest = json.loads((bundle / "manifest.json").read_text())
         call, items = gradio_call, [((bundle / n).read_bytes(), Path(n).name) for n in manifest["examples"][:8]]
-    what = "v2 binary tensors" if args.protocol == "v2" else "Gradio's HTTP API"
+    what = {"v2": "v2 binary tensors", "grpc": "v2 over gRPC"}.get(args.protocol, "Gradio's HTTP API")
     print(f"bundle {bundle.name}, model {model}, {what}, load by {tool}, {args.seconds:g} s per row")
     print("| clients | requests/s | p50 ms | p99 ms | errors | server CPU ms/request |" +
           (" tokens/s |" if args.task == "textgen" else ""))
@@ -253,7 +291,8 @@ def main() -> None:
                 r = wrk_load(url, model, bodies[0], clients, args.seconds)
                 count, extra = r["requests"], ""
             else:
-                lat, errors, elapsed, produced = asyncio.run(python_load(url, call, items, clients, args.seconds))
+                lat, errors, elapsed, produced = asyncio.run(python_load(url, call, items, clients, args.seconds,
+                                                                              connect=connect))
                 lat_ms = np.asarray(lat) * 1000 if lat else np.array([np.nan])
                 r = {"rate": len(lat) / elapsed, "p50": np.percentile(lat_ms, 50), "p99": np.percentile(lat_ms, 99),
                      "errors": len(errors)}

@@ -1,8 +1,9 @@
 """The same client against ``python -m serve`` or Triton Inference Server (serving the repository that
 ``python -m pipeline triton`` wrote): Triton's own ``tritonclient``, binary tensors, nothing of ours.
 
-    pip install "tritonclient[http]" numpy pillow
+    pip install "tritonclient[http,grpc]" numpy pillow
     python examples/triton_client.py [--url localhost:8000] [--image digit.png] [--prompt "The return value"]
+    python examples/triton_client.py --grpc [--url localhost:8001]    # the same calls over gRPC
 
 Lists the models, classifies an image (a drawn 7 when none is given) and, where the server has them,
 continues a prompt with ``textgen`` and draws a digit with ``imagegen``.
@@ -13,8 +14,9 @@ import argparse
 import sys
 
 import numpy as np
-import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
+
+http = None  # tritonclient.http, or tritonclient.grpc with --grpc: the same calls
 
 
 def a_seven() -> np.ndarray:
@@ -27,7 +29,7 @@ def a_seven() -> np.ndarray:
     return image[..., None]
 
 
-def tensor(name: str, value: np.ndarray) -> http.InferInput:
+def tensor(name: str, value: np.ndarray):
     datatype = "BYTES" if value.dtype == object else {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}[value.dtype.name]
     t = http.InferInput(name, list(value.shape), datatype)
     t.set_data_from_numpy(value)  # binary tensor data, tritonclient's default
@@ -36,16 +38,24 @@ def tensor(name: str, value: np.ndarray) -> http.InferInput:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--url", default="localhost:8000", help="the server's HTTP address (Triton's and ours: port 8000)")
+    ap.add_argument("--url", help="the server's address (Triton's and ours: port 8000 for HTTP, 8001 for gRPC)")
+    ap.add_argument("--grpc", action="store_true", help="speak gRPC (tritonclient.grpc) instead of HTTP")
     ap.add_argument("--image", help="an image file to classify (default: a drawn 7)")
     ap.add_argument("--prompt", default="The return value of this function is")
     args = ap.parse_args()
+    global http
+    if args.grpc:
+        import tritonclient.grpc as http
+    else:
+        import tritonclient.http as http
+    args.url = args.url or ("localhost:8001" if args.grpc else "localhost:8000")
     client = http.InferenceServerClient(args.url)
     try:
         if not client.is_server_ready():
             print(f"error: the server at {args.url} is not ready", file=sys.stderr)
             return 1
-        models = {m["name"] for m in client.get_model_repository_index()}
+        index = client.get_model_repository_index()
+        models = {m.name for m in index.models} if args.grpc else {m["name"] for m in index}
     except (InferenceServerException, OSError) as e:
         print(f"error: cannot reach {args.url}: {e}", file=sys.stderr)
         return 1

@@ -57,6 +57,9 @@ def serving_options(p: ArgumentParser) -> None:
     p.add_argument("--v2-port", type=int, default=8000, metavar="PORT",
                    help="port of the Open Inference Protocol (KServe v2 / Triton HTTP: /v2/...; default 8000, "
                         "Triton's own; 0: off)")
+    p.add_argument("--grpc-port", type=int, default=8001, metavar="PORT",
+                   help="port of the same protocol over gRPC (KServe v2 / Triton's GRPCInferenceService; default "
+                        "8001, Triton's own; 0: off; off too when --v2-port is 0)")
     p.add_argument("--v2-workers", type=_positive, default=2, metavar="N",
                    help="threads running the protocol's graph calls (default: 2)")
     p.add_argument("--batch-window", type=float, default=0.0, metavar="MS",
@@ -82,12 +85,13 @@ def usable(bundles: dict, problems: list[str]) -> dict:
 class Served:
     """The app and the inference protocol, listening (:func:`start`); :meth:`stop` closes both."""
 
-    def __init__(self, app, protocol, v2):
-        self.app, self.protocol, self.v2 = app, protocol, v2
+    def __init__(self, app, protocol, v2, grpc=None):
+        self.app, self.protocol, self.v2, self.grpc = app, protocol, v2, grpc
 
     def stop(self) -> None:
-        if self.protocol is not None:
-            self.protocol.stop()
+        for server in (self.grpc, self.protocol):
+            if server is not None:
+                server.stop()
         self.app.close()
 
 
@@ -109,7 +113,7 @@ def start(args, bundles: dict, problems: list[str], board=None) -> Served:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     app.queue(default_concurrency_limit=args.concurrency, max_size=256)
-    protocol = v2 = None
+    protocol = v2 = grpc = None
     if args.v2_port:  # first: a port in use stops everything before the app listens
         from serve.protocol import Protocol, Server, models_of
         from serve.triton_config import model_config
@@ -122,6 +126,21 @@ def start(args, bundles: dict, problems: list[str], board=None) -> Served:
         except OSError as e:
             raise OSError(f"cannot serve the inference protocol on {args.host}:{args.v2_port}: {e} "
                           "(--v2-port picks another, 0 turns it off)") from None
+        try:
+            from serve.grpc_protocol import GrpcServer
+        except ImportError:
+            GrpcServer = None
+            if args.grpc_port:
+                print("note: no gRPC endpoint: it needs grpcio and tritonclient's messages "
+                      "(pip install 'tritonclient[grpc]'); HTTP only", file=sys.stderr)
+        if args.grpc_port and GrpcServer is not None:
+            grpc = GrpcServer(v2, args.host, args.grpc_port, max_message=max_body)
+            try:
+                grpc.start()
+            except OSError as e:
+                protocol.stop()
+                raise OSError(f"cannot serve the inference protocol over gRPC on {args.host}:{args.grpc_port}: {e} "
+                              "(--grpc-port picks another, 0 turns it off)") from None
         if board is not None:  # the models landing later join the protocol as they land
             board.listeners.append(lambda task, bundle: v2.add(models_of({task: bundle})))
     try:
@@ -131,14 +150,17 @@ def start(args, bundles: dict, problems: list[str], board=None) -> Served:
                    show_error=False,
                    quiet=True, footer_links=["api"], prevent_thread_lock=True)
     except OSError as e:
-        if protocol is not None:
-            protocol.stop()
+        for server in (grpc, protocol):
+            if server is not None:
+                server.stop()
         raise OSError(f"cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}") from None
     if protocol is not None:
         print(f"inference protocol (KServe v2, Triton's HTTP API) on http://{shown_host}:{args.v2_port}/v2: "
               f"{len(v2.models)} models", flush=True)
+    if grpc is not None:
+        print(f"the same over gRPC (KServe v2 / Triton's GRPCInferenceService) on {shown_host}:{grpc.port}", flush=True)
     print(f"serving on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    return Served(app, protocol, v2)
+    return Served(app, protocol, v2, grpc)
 
 
 def main(argv: list[str] | None = None) -> int:

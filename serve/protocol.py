@@ -253,6 +253,7 @@ class Protocol:
         self.loops = ThreadPoolExecutor(concurrency, thread_name_prefix="v2-loop")
         self.batchers: dict[str, Batcher] = {}
         self.config, self.window = config, window
+        self.loop: asyncio.AbstractEventLoop | None = None  # the HTTP server's, once it runs
         self.add(models)
         self.server_metadata = orjson.dumps({"name": SERVER, "version": _version(), "extensions": EXTENSIONS})
 
@@ -267,6 +268,7 @@ class Protocol:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 if message["type"] == "lifespan.startup":
+                    self.loop = asyncio.get_running_loop()  # where other transports' calls run (gRPC)
                     await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -297,16 +299,12 @@ class Protocol:
         if path == "/v2/repository/index":
             _method(method, "GET", "POST")
             await _body(receive, scope, self.max_body)
-            return 200, orjson.dumps([{"name": n, "version": v, "state": "READY"}
-                                      for n, m in self.models.items() for v in m.versions]), None
+            return 200, orjson.dumps(self.index()), None
         match = ROUTE.match(path)
         if not match:
             raise ProtocolError(f"no route {method} {path}; the protocol's routes start /v2 (see GET /v2)", 404)
         name, asked, action = match.groups()
-        model = self.models.get(name)
-        if model is None:
-            raise ProtocolError(f"no model {name!r}; the models are {', '.join(sorted(self.models))}", 404)
-        version = model.version(asked)
+        model, version = self.model(name, asked)
         if action == "infer":
             _method(method, "POST")
             return await self.infer(model, version, scope, receive)
@@ -321,6 +319,34 @@ class Protocol:
         if self.config is None:
             raise ProtocolError("this server has no model configurations", 404)
         return 200, orjson.dumps(self.config(model)), None
+
+    def index(self) -> list[dict[str, str]]:
+        """The repository index: every model at every version, all ready."""
+        return [{"name": n, "version": v, "state": "READY"} for n, m in self.models.items() for v in m.versions]
+
+    def model(self, name: str, asked: str | None = None) -> tuple[Model, str | None]:
+        """The model called ``name`` and the version asked for (None: the serving choice), or a 404."""
+        model = self.models.get(name)
+        if model is None:
+            raise ProtocolError(f"no model {name!r}; the models are {', '.join(sorted(self.models))}", 404)
+        return model, model.version(asked)
+
+    async def call(self, model: Model, version: str | None, tensors: dict[str, np.ndarray], params: dict[str, Any],
+                   wanted: list[str]) -> tuple[dict[str, np.ndarray], str]:
+        """One inference, whichever transport brought it (HTTP here, gRPC in :mod:`serve.grpc_protocol`):
+        checked, batched with its company where the model allows, run -> the ``wanted`` outputs and the
+        version that ran."""
+        model.check(tensors, wanted)
+        batcher = self.batchers.get(model.name)
+        key = model.batch_key(tensors, params) if batcher is not None else None
+        if key is not None:
+            outputs = await batcher(tensors, version, params, key)
+        else:
+            pool = self.executor if model.graph else self.loops
+            outputs = await asyncio.get_running_loop().run_in_executor(pool, model.run, tensors, params, version)
+        ran = version or (model.bundle.serving_variant(model.bundle.batch_of(tensors, model.graph)) if model.graph
+                          else "served")
+        return {n: outputs[n] for n in wanted}, ran
 
     async def infer(self, model: Model, version: str | None, scope, receive) -> tuple[int, bytes, dict[str, str]]:
         body = await _body(receive, scope, self.max_body)
@@ -349,17 +375,8 @@ class Protocol:
         if not isinstance(params, dict):
             raise ProtocolError("parameters must be an object")
         wanted = _wanted(request, model, params)
-        model.check(tensors, list(wanted))
-        batcher = self.batchers.get(model.name)
-        key = model.batch_key(tensors, params) if batcher is not None else None
-        if key is not None:
-            outputs = await batcher(tensors, version, params, key)
-        else:
-            pool = self.executor if model.graph else self.loops
-            outputs = await asyncio.get_running_loop().run_in_executor(pool, model.run, tensors, params, version)
-        entries, chunks = encode_outputs({n: outputs[n] for n in wanted}, wanted)
-        ran = version or (model.bundle.serving_variant(model.bundle.batch_of(tensors, model.graph)) if model.graph
-                          else "served")
+        outputs, ran = await self.call(model, version, tensors, params, list(wanted))
+        entries, chunks = encode_outputs(outputs, wanted)
         answer = {"model_name": model.name, "model_version": ran, "outputs": entries}
         if "id" in request:
             answer["id"] = request["id"]
@@ -428,7 +445,7 @@ class Server:
         import uvicorn
 
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", backlog=4096, timeout_keep_alive=30,
+                                lifespan="on", backlog=4096, timeout_keep_alive=30,
                                 http="httptools" if _has("httptools") else "h11",
                                 loop="uvloop" if _has("uvloop") else "asyncio")
         self.server = uvicorn.Server(config)

@@ -90,10 +90,33 @@ def unpack_bytes(data: memoryview, count: int, name: str) -> np.ndarray:
     return value
 
 
+def from_raw(raw: memoryview, datatype: str, shape: list[int], name: str, said: str = "its raw data has") -> np.ndarray:
+    """One input's raw bytes (a binary tensor over HTTP, ``raw_input_contents`` over gRPC) -> its array."""
+    count = _elements(shape)
+    if datatype == "BYTES":
+        return unpack_bytes(raw, count, name).reshape(shape)
+    dtype = DATATYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise ProtocolError(f"input {name}: shape {shape} of {datatype} takes {count * dtype.itemsize} bytes; "
+                            f"{said} {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise ProtocolError(f"input {name}: shape must be a list of whole numbers >= 0, got {str(value)[:80]}")
     return value
+
+
+def declared(name: str, shape: Any, datatype: Any, max_elements: int = 1 << 28) -> tuple[list[int], str]:
+    """An input's declared shape and datatype, checked (a known datatype, at most ``max_elements``)."""
+    shape = _shape(shape, name)
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"input {name}: datatype {str(datatype)[:20]!r} is not one of {', '.join(DATATYPES)}")
+    count = _elements(shape)
+    if count > max_elements:
+        raise ProtocolError(f"input {name}: shape {shape} holds {count} elements; the limit is {max_elements}", 413)
+    return shape, datatype
 
 
 def decode_inputs(header: dict[str, Any], blob: memoryview, max_elements: int = 1 << 28) -> dict[str, np.ndarray]:
@@ -109,13 +132,7 @@ def decode_inputs(header: dict[str, Any], blob: memoryview, max_elements: int = 
         name = t["name"]
         if name in out:
             raise ProtocolError(f"input {name} is given twice")
-        shape = _shape(t.get("shape"), name)
-        datatype = t.get("datatype")
-        if datatype not in DATATYPES:
-            raise ProtocolError(f"input {name}: datatype {str(datatype)[:20]!r} is not one of {', '.join(DATATYPES)}")
-        count = _elements(shape)
-        if count > max_elements:
-            raise ProtocolError(f"input {name}: shape {shape} holds {count} elements; the limit is {max_elements}", 413)
+        shape, datatype = declared(name, t.get("shape"), t.get("datatype"), max_elements)
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError(f"input {name}: parameters must be an object")
@@ -126,16 +143,8 @@ def decode_inputs(header: dict[str, Any], blob: memoryview, max_elements: int = 
             if at + size > len(blob):
                 raise ProtocolError(f"input {name}: binary_data_size says {size} bytes, but only {len(blob) - at} "
                                     "bytes of binary data follow the header")
-            raw = blob[at:at + size]
+            value = from_raw(blob[at:at + size], datatype, shape, name, "binary_data_size says")
             at += size
-            if datatype == "BYTES":
-                value = unpack_bytes(raw, count, name).reshape(shape)
-            else:
-                dtype = DATATYPES[datatype]
-                if size != count * dtype.itemsize:
-                    raise ProtocolError(f"input {name}: shape {shape} of {datatype} takes {count * dtype.itemsize} "
-                                        f"bytes; binary_data_size says {size}")
-                value = np.frombuffer(raw, dtype=dtype).reshape(shape)
         else:
             if "data" not in t:
                 raise ProtocolError(f"input {name} has neither data nor parameters.binary_data_size")

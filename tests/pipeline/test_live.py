@@ -18,7 +18,7 @@ from tests.serve.conftest import free_port
 
 def _start(root: Path, port: int, v2: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "classify", "--serve", "--preset", "smoke",
-                             "--out", str(root), "--port", str(port), "--v2-port", str(v2)], cwd=ROOT,
+                             "--out", str(root), "--port", str(port), "--v2-port", str(v2), "--grpc-port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
 

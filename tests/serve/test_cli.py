@@ -27,9 +27,10 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
     import threading
 
     root = served_bundle.parent.parent if with_bundle else tmp_path
-    port, v2 = free_port(), free_port()
+    port, v2, grpc_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "serve", str(root), "--port", str(port), "--v2-port", str(v2)],
+    proc = subprocess.Popen([sys.executable, "-m", "serve", str(root), "--port", str(port), "--v2-port", str(v2),
+                             "--grpc-port", str(grpc_port)],
                             cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
@@ -45,6 +46,10 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
                 pass
         config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
         models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{v2}/v2/repository/index", timeout=5).read())
+        import tritonclient.grpc as grpcclient
+
+        over_grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").get_model_repository_index().models
+        assert {m.name for m in over_grpc} == {m["name"] for m in models}
         if with_bundle:
             assert "classify-sketch" in config and "Models" in config and f"127.0.0.1:{v2}/v2" in config
             assert {m["name"] for m in models} == {"classify", "classify_model"}
@@ -59,7 +64,7 @@ def test_python_m_serve(tmp_path, served_bundle, with_bundle):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["--port", "--v2-port"])
+@pytest.mark.parametrize("which", ["--port", "--v2-port", "--grpc-port"])
 def test_port_in_use_is_one_error_line(tmp_path, which):
     import socket
 
@@ -67,13 +72,14 @@ def test_port_in_use_is_one_error_line(tmp_path, which):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        ports = {"--port": str(free_port()), "--v2-port": str(free_port()), which: str(port)}
+        ports = {"--port": str(free_port()), "--v2-port": str(free_port()), "--grpc-port": str(free_port()),
+                 which: str(port)}
         proc = subprocess.run([sys.executable, "-m", "serve", str(tmp_path), *(a for kv in ports.items() for a in kv)],
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                               timeout=120)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    what = "the inference protocol" if which == "--v2-port" else ""
+    what = {"--v2-port": "the inference protocol", "--grpc-port": "the inference protocol over gRPC"}.get(which, "")
     assert line.startswith(f"error: cannot serve {what + ' ' if what else ''}on 127.0.0.1:{port}"), line
 
 

@@ -15,51 +15,13 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.tasks import TASKS
-from serve.protocol import Batcher, Model, Protocol, Server, models_of
+from serve.protocol import Batcher, Model
 from serve.bundle import variant_runtime
-from serve.runtime import Bundle
 from serve.tasks import TABS
 from serve.tensors import TensorSpec, datatype_of, pack_bytes
-from serve.triton_config import model_config
-from tests.serve.conftest import free_port
+from tests.serve.conftest import example_feeds
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
-
-
-def example_feeds(io: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Inputs any graph takes: each axis at its smallest size (two rows where the axis is the batch), ints 1
-    (a token, a class, a step, a mask bit: valid for every graph here), pixels random, floats random in [0, 1)."""
-    dims = io.get("dims", {})
-
-    def size(axis):
-        if isinstance(axis, int):
-            return axis
-        parts = [max(dims.get(p.strip(), {}).get("min", 1), 2 if p.strip() == "batch" else 1) for p in axis.split("+")]
-        return sum(parts)
-
-    feeds = {}
-    for s in io["inputs"]:
-        shape = tuple(size(a) for a in s["shape"])
-        dtype = np.dtype(s["dtype"])
-        if dtype == np.uint8:
-            feeds[s["name"]] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif dtype.kind == "f":
-            feeds[s["name"]] = rng.random(shape).astype(dtype)  # in [0, 1): thresholds too
-        else:
-            feeds[s["name"]] = np.ones(shape, dtype)
-    return feeds
-
-
-@pytest.fixture(scope="session")
-def protocol_server(smoke_bundles):
-    bundles = {task: Bundle.open(smoke_bundles(task)) for task in TASKS}
-    app = Protocol(models_of(bundles), max_body=1 << 20, workers=2, config=model_config)
-    server = Server(app, "127.0.0.1", free_port())
-    server.start()
-    url = f"127.0.0.1:{server.port}"
-    yield url, bundles, app
-    server.stop()
 
 
 @pytest.fixture(scope="session")
