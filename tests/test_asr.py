@@ -114,6 +114,29 @@ def test_text_round_trip_and_alphabet():
         loop.encode_text("café")
 
 
+def test_sentences_of_prose_read_as_written_and_plans_without_them_are_unchanged():
+    from pipeline.data import speech as sp
+
+    prose = ("The parser reads a file. Call foo() with x=3 first! It returns 42 items.\n\n"
+             "Don't worry, it's fine. One. A very long sentence that keeps going on and on with word after word "
+             "until it is much too long to read. The parser reads a file.")
+    assert sp.sentences_of(prose, max_chars=60) == ["the parser reads a file", "don't worry it's fine"]
+    assert all(set(t) <= set(loop.ALPHABET) for t in sp.sentences_of(prose, 200))
+    voices = ["en", "en-us"]
+    assert sp.plan(40, voices, 3, 4) == sp.plan(40, voices, 3, 4, sentences=["a b"], sentence_share=0.0)
+    mixed = [t for t, _, _ in sp.plan(400, voices, 3, 4, sentences=["read this aloud"], sentence_share=0.3)]
+    assert 0.2 < mixed.count("read this aloud") / len(mixed) < 0.4
+
+
+def test_the_full_presets_prose_is_held_out_by_document():
+    from pipeline.tasks.asr import SENTENCE_CHARS, corpus_sentences
+
+    prose = corpus_sentences(SENTENCE_CHARS)
+    assert len(prose["train"]) > 1000 and len(prose["test"]) > 50
+    assert not set(prose["train"]) & set(prose["test"])
+    assert all(set(t) <= set(loop.ALPHABET) and len(t) <= SENTENCE_CHARS for k in prose for t in prose[k])
+
+
 def test_ctc_log_likelihood_is_torchs_ctc_loss():
     """The numpy forward algorithm gives torch's CTC loss (negated) for hypotheses with repeats, one
     character and none, and -inf where the frames cannot hold a hypothesis."""

@@ -186,16 +186,41 @@ class Speech:
 
 
 def plan(count: int, voice_names: list[str], seed: int, max_words: int, empty_share: float = 0.0,
-         stress: bool = False) -> list[tuple[str, str, Style]]:
+         stress: bool = False, sentences: Sequence[str] = (), sentence_share: float = 0.0) -> list[tuple[str, str, Style]]:
     """``count`` (text, voice, style) jobs over ``voice_names``; ``empty_share`` of them say nothing
-    (the text is "": silence, which training fills with noise)."""
+    (the text is "": silence, which training fills with noise); ``sentence_share`` of them read one of
+    ``sentences`` (open vocabulary) instead of the built-in words."""
     rng = np.random.default_rng(seed)
     jobs = []
     for _ in range(count):
         voice = str(rng.choice(voice_names))
-        text = "" if rng.random() < empty_share else random_text(rng, max_words)
+        if rng.random() < empty_share:
+            text = ""
+        elif sentences and sentence_share and rng.random() < sentence_share:  # no draw without: the same plans
+            text = sentences[int(rng.integers(len(sentences)))]
+        else:
+            text = random_text(rng, max_words)
         jobs.append((text, voice, random_style(rng, stress)))
     return jobs
+
+
+WORD = re.compile(r"^[A-Za-z]+(?:'[a-z]+)?[,;:]?$")  # a word eSpeak reads as it is written
+
+
+def sentences_of(text: str, max_chars: int, min_words: int = 2, max_words: int = 14) -> list[str]:
+    """Sentences of prose that read aloud as they are written: every token a word of letters (an
+    apostrophe inside, a comma after), no digits, symbols or code, ``min_words`` to ``max_words`` words and
+    at most ``max_chars`` characters once normalized (:func:`normalize_text`); first occurrences, in order."""
+    out, seen = [], set()
+    for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", text):
+        tokens = sentence.strip().rstrip(".!?").split()
+        if not min_words <= len(tokens) <= max_words or not all(WORD.match(t) for t in tokens):
+            continue
+        said = normalize_text(" ".join(tokens))
+        if len(said) <= max_chars and said not in seen:
+            seen.add(said)
+            out.append(said)
+    return out
 
 
 def voices_of(accents: Sequence[str], variant_names: Sequence[str]) -> list[str]:

@@ -44,6 +44,7 @@ from serve.tasks.asr import ALPHABET, BOS, EOS, PAD, RATE, VOCAB, CacheSpec, Dec
 EVAL_BATCH = 16  # segments per encoder call when scoring
 CTC_WEIGHT = 0.5  # the encoder's CTC loss beside the decoder's cross-entropy
 GROUP = 32  # utterances per forward pass in training (a larger batch runs in groups of this many)
+SENTENCE_CHARS = 100  # the longest sentence of prose read (data.sentences): within the full model's 128 tokens
 
 
 @dataclass
@@ -62,6 +63,10 @@ class DataConfig:
     # (float) share of training over which noise, reverb and speed perturbation grow from none to full (a
     # curriculum: clean speech first; on 2 cores the model then learns to align 2-3x sooner); 0: full from the start
     augment_ramp: float = 0.3
+    # (float) share of training utterances that read a sentence of prose instead of the built-in words (open
+    # vocabulary): sentences of the Python standard library's documentation (the text task's corpus) that
+    # read as written; held-out documents' sentences, by the test voices, are then scored as "sentences"
+    sentences: float = 0.0
     seed: int = 0  # (int) voices' split, texts and styles
     val_fraction: float = 0.1  # (float) audio folder: share held out for validation
     test_fraction: float = 0.1  # (float) audio folder: share held out for the test split
@@ -76,6 +81,8 @@ class DataConfig:
             raise ValueError("empty_share must be in [0, 0.5) and window in [1, 30] seconds")
         if not 0 <= self.augment_ramp <= 1:
             raise ValueError("augment_ramp must be in [0, 1] (a share of the training steps)")
+        if not 0 <= self.sentences < 1:
+            raise ValueError("sentences must be in [0, 1) (a share of the training utterances)")
 
 
 @dataclass
@@ -135,7 +142,8 @@ PRESETS = {
               "benchmark": {"torch_compile": False}},
     "full": {"model": {"name": "whisper", "stem": "conv2d", "n_mels": 80, "dim": 384, "heads": 6, "encoder_layers": 6,
                        "decoder_layers": 4, "max_tokens": 128},
-             "data": {"train_size": 100000, "val_size": 400, "test_size": 1000, "stress_size": 300},
+             "data": {"train_size": 100000, "val_size": 400, "test_size": 1000, "stress_size": 300,
+                      "sentences": 0.3},
              "train": {"steps": 20000, "eval_every": 2000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 1000,
                        "weight_decay": 0.05},
              "inference": {"max_tokens": 128, "beam": 4},
@@ -169,6 +177,7 @@ class AsrData:
     test: Items
     stress: Items
     voices: dict[str, list[str]]
+    sentences: Items | None = None  # held-out prose by the test voices (data.sentences > 0)
 
 
 def _noisy(speech: sp.Speech, noise: sp.Augment, seed: int) -> Items:
@@ -231,7 +240,9 @@ def load_espeak(d: DataConfig) -> AsrData:
     voices = sp.split_variants(d.seed)
     names = {k: sp.voices_of(sp.ACCENTS, v) for k, v in voices.items()}
     cache = cache_dir(d)
-    train = sp.build(sp.plan(d.train_size, names["train"], d.seed, d.max_words, d.empty_share), cache, label="train")
+    prose = corpus_sentences(SENTENCE_CHARS) if d.sentences else {"train": [], "test": []}
+    train = sp.build(sp.plan(d.train_size, names["train"], d.seed, d.max_words, d.empty_share,
+                             sentences=prose["train"], sentence_share=d.sentences), cache, label="train")
     val = sp.build(sp.plan(d.val_size, names["val"], d.seed + 1, d.max_words), cache, label="val")
     test = sp.build(sp.plan(d.test_size, names["test"], d.seed + 2, d.max_words), cache, label="test")
     stress = sp.build(sp.plan(d.stress_size, names["test"], d.seed + 3, d.max_words, stress=True), cache,
@@ -244,7 +255,28 @@ def load_espeak(d: DataConfig) -> AsrData:
     stress_items = Items(stress_items.waves + longer.waves, stress_items.texts + longer.texts)
     source = (f"eSpeak NG speech ({len(sp.ACCENTS)} accents x voice variants: {len(voices['train'])} train, "
               f"{len(voices['val'])} val, {len(voices['test'])} test)")
-    return AsrData(source, train, _noisy(val, TEST_NOISE, d.seed + 11), test_items, stress_items, voices)
+    held = None
+    if d.sentences:  # every job a held-out sentence
+        source += f" with {d.sentences:.0%} sentences of prose"
+        prose_test = sp.build(sp.plan(max(1, d.test_size // 2), names["test"], d.seed + 4, d.max_words,
+                                      sentences=prose["test"], sentence_share=1.0), cache, label="sentences")
+        held = _noisy(prose_test, TEST_NOISE, d.seed + 16)
+    return AsrData(source, train, _noisy(val, TEST_NOISE, d.seed + 11), test_items, stress_items, voices, held)
+
+
+def corpus_sentences(max_chars: int) -> dict[str, list[str]]:
+    """The text task's corpus (the standard library's documentation), split by document as textgen splits
+    it, as sentences that read as written: {"train": ..., "test": ...} (validation's documents unused)."""
+    from pipeline.data import text
+
+    parts = text.split_documents(text.stdlib_documents(), 0.05, 0.05)  # textgen's split (its default fractions)
+    out = {k: [s for doc in parts[k] for s in sp.sentences_of(doc.text, max_chars)] for k in ("train", "test")}
+    trained = set(out["train"])
+    out["test"] = [s for s in out["test"] if s not in trained]  # a sentence both splits hold is trained on
+    if not out["train"] or not out["test"]:
+        raise PipelineError("the text corpus gave no sentences to read (data.sentences needs the standard library's "
+                            "documentation)")
+    return out
 
 
 def load_folder(d: DataConfig) -> AsrData:
@@ -558,6 +590,9 @@ long recordings cut at pauses (with segment times), beam search and batches (`tr
         sets = [EvalSet("test", f"held-out voices never heard in training ({len(data.voices.get('test', []))} "
                                 "variants x 8 accents), noise at 10-30 dB on half, and clips of silence or noise alone",
                         data.test, len(data.test.texts))]
+        if data.sentences is not None:
+            sets.append(EvalSet("sentences", "sentences of held-out documents (open vocabulary) read by the held-out "
+                                "voices", data.sentences, len(data.sentences.texts), scored=True))
         if data.stress.texts:
             sets.append(EvalSet("stress", "the held-out voices read faster, slower, higher and lower than in training, "
                                 "noise at 0-8 dB, reverb, and recordings of 15-35 s", data.stress,
