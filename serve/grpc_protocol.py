@@ -30,7 +30,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2 as pb, service_pb2_g
 
 from serve.bundle import BundleError, first_line
 from serve.protocol import EXTENSIONS, SERVER, Model, Protocol, _version
-from serve.tensors import DATATYPES, ProtocolError, _from_json, datatype_of, declared, from_raw, pack_bytes
+from serve.tensors import DATATYPES, ProtocolError, _elements, _from_json, datatype_of, declared, from_raw, pack_bytes
 
 CODES = {404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
 # typed contents: the InferTensorContents field that holds each datatype (FP16 travels raw only)
@@ -85,8 +85,8 @@ def decode_request(request: pb.ModelInferRequest, max_elements: int = 1 << 28) -
         if datatype == "BYTES":
             value = np.empty(len(values), dtype=object)
             value[:] = values
-            if value.size != int(np.prod(shape, dtype=np.int64)):
-                raise ProtocolError(f"input {t.name}: shape {shape} holds {int(np.prod(shape))} elements; "
+            if value.size != _elements(shape):
+                raise ProtocolError(f"input {t.name}: shape {shape} holds {_elements(shape)} elements; "
                                     f"its contents have {value.size}")
             out[t.name] = value.reshape(shape)
         else:
@@ -130,7 +130,11 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=True)
 
     def ModelReady(self, request, context):
-        return self._answer(context, lambda: self._model(request.name, request.version) and pb.ModelReadyResponse(ready=True))
+        try:  # an unknown model or version is not ready (Triton's answer), not an error
+            self._model(request.name, request.version)
+        except ProtocolError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
 
     def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER, version=_version(), extensions=EXTENSIONS)
@@ -147,10 +151,11 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
 
     def ModelConfig(self, request, context):
         def make():
-            model, _ = self._model(request.name, request.version)
+            model, version = self._model(request.name, request.version)
             if self.protocol.config is None:
                 raise ProtocolError("this server has no model configurations", 404)
-            config = json_format.ParseDict(self.protocol.config(model), model_config_pb2.ModelConfig())
+            config = self.protocol.config(model, version) if version else self.protocol.config(model)
+            config = json_format.ParseDict(config, model_config_pb2.ModelConfig())
             return pb.ModelConfigResponse(config=config)
         return self._answer(context, make)
 
@@ -160,6 +165,7 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
 
     def infer(self, request: pb.ModelInferRequest, timeout: float | None = None) -> pb.ModelInferResponse:
         """One call, run on the protocol's event loop (batched with its HTTP and gRPC company)."""
+        running = None
         try:
             model, version = self._model(request.model_name, request.model_version)
             tensors = decode_request(request)
@@ -169,13 +175,19 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
                                                        self.loop)
             outputs, ran = running.result(timeout if timeout is not None and timeout < 86400 else None)
         except TimeoutError:
-            running.cancel()
-            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past the client's deadline") from None
+            if running is not None and not running.done():  # the client's deadline, not a timeout inside the call
+                running.cancel()
+                raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past the client's deadline") from None
+            raise _refusal((running and running.exception()) or RuntimeError("timed out")) from None
         except Refused:
             raise
         except Exception as e:  # noqa: BLE001
             raise _refusal(e) from None
-        return encode_response(model, ran, outputs, request.id)
+        try:
+            return encode_response(model, ran, outputs, request.id)
+        except Exception as e:  # noqa: BLE001 - an output the protocol cannot carry is the server's fault
+            traceback.print_exc(file=sys.stderr)
+            raise Refused(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}: {first_line(e, 160)})") from None
 
     def ModelInfer(self, request, context):
         return self._answer(context, lambda: self.infer(request, context.time_remaining()))

@@ -318,7 +318,7 @@ class Protocol:
             return 200, orjson.dumps({"name": name, "calls": b.calls if b else None, "rows": b.rows if b else None}), None
         if self.config is None:
             raise ProtocolError("this server has no model configurations", 404)
-        return 200, orjson.dumps(self.config(model)), None
+        return 200, orjson.dumps(self.config(model, version) if version else self.config(model)), None
 
     def index(self) -> list[dict[str, str]]:
         """The repository index: every model at every version, all ready."""

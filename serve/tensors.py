@@ -9,6 +9,7 @@ bytes, one after another (Triton's layout, which ``tritonclient`` writes and rea
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ class TensorSpec:
 
 
 def _elements(shape: list[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(int(d) for d in shape)  # Python ints: a product in int64 could wrap to 0
 
 
 def pack_bytes(values: np.ndarray) -> bytes:

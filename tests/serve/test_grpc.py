@@ -175,3 +175,16 @@ def test_the_example_client_runs_over_grpc(grpc_server):
     lines = dict(line.split(":", 1) for line in proc.stdout.strip().splitlines())
     assert {"models", "classify", "textgen", "imagegen"} <= set(lines), proc.stdout
     assert lines["classify"].strip()[0].isdigit() and "4 images of" in lines["imagegen"]
+
+
+def test_readiness_config_versions_and_absurd_shapes_answer_as_triton_would(client):
+    assert client.is_model_ready("classify_model") and not client.is_model_ready("nope")
+    assert not client.is_model_ready("classify_model", "int4")  # not ready: no such version, no error
+    config = client.get_model_config("classify_model", "fp32").config
+    assert config.parameters["variant"].string_value == "fp32"  # the version asked for, not the default
+    t = grpcclient.InferInput("image", [1, 1, 1, 1], "UINT8")
+    t.set_data_from_numpy(np.zeros((1, 1, 1, 1), np.uint8))
+    t.set_shape([1 << 32, 1 << 32, 1, 1])  # a product that wraps to 0 in int64: refused, not a server fault
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("classify_model", [t])
+    assert "INVALID_ARGUMENT" in str(e.value) or "RESOURCE_EXHAUSTED" in str(e.value), str(e.value)
