@@ -89,10 +89,15 @@ class Served:
         self.app, self.protocol, self.v2, self.grpc = app, protocol, v2, grpc
 
     def stop(self) -> None:
-        for server in (self.grpc, self.protocol):
-            if server is not None:
-                server.stop()
+        _stop(self.grpc, self.protocol)
         self.app.close()
+
+
+def _stop(*servers) -> None:
+    """Stop the protocol's servers that were started (None: not started)."""
+    for server in servers:
+        if server is not None:
+            server.stop()
 
 
 def start(args, bundles: dict, problems: list[str], board=None) -> Served:
@@ -150,9 +155,7 @@ def start(args, bundles: dict, problems: list[str], board=None) -> Served:
                    show_error=False,
                    quiet=True, footer_links=["api"], prevent_thread_lock=True)
     except OSError as e:
-        for server in (grpc, protocol):
-            if server is not None:
-                server.stop()
+        _stop(grpc, protocol)
         raise OSError(f"cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}") from None
     if protocol is not None:
         print(f"inference protocol (KServe v2, Triton's HTTP API) on http://{shown_host}:{args.v2_port}/v2: "

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -28,11 +26,10 @@ import numpy as np
 from google.protobuf import json_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2 as pb, service_pb2_grpc as rpc  # noqa: E402
 
-from serve.bundle import BundleError, first_line
-from serve.protocol import EXTENSIONS, SERVER, Model, Protocol, _version
-from serve.tensors import DATATYPES, ProtocolError, _elements, _from_json, datatype_of, declared, from_raw, pack_bytes
+from serve.protocol import EXTENSIONS, SERVER, Model, Protocol, _version, internal_error, refusal
+from serve.tensors import ProtocolError, _elements, _from_json, declared, from_raw, to_raw
 
-CODES = {404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
+CODES = {404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL}
 # typed contents: the InferTensorContents field that holds each datatype (FP16 travels raw only)
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -49,12 +46,9 @@ class Refused(Exception):
 
 
 def _refusal(e: Exception) -> Refused:
-    if isinstance(e, ProtocolError):
-        return Refused(CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), str(e))
-    if isinstance(e, BundleError):
-        return Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    traceback.print_exc(file=sys.stderr)
-    return Refused(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}: {first_line(e, 160)})")
+    """The protocol's answer to a failure (:func:`serve.protocol.refusal`) as a gRPC status."""
+    status, message = refusal(e)
+    return Refused(CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT), message)
 
 
 def parameter(p: pb.InferParameter) -> Any:
@@ -98,10 +92,9 @@ def encode_response(model: Model, ran: str, outputs: dict[str, np.ndarray], requ
     answer = pb.ModelInferResponse(model_name=model.name, model_version=ran, id=request_id)
     for name, value in outputs.items():
         value = np.asarray(value)
-        datatype = datatype_of(value.dtype)
+        datatype, raw = to_raw(value)
         answer.outputs.add(name=name, datatype=datatype, shape=list(value.shape))
-        answer.raw_output_contents.append(pack_bytes(value) if datatype == "BYTES"
-                                          else np.ascontiguousarray(value).tobytes())
+        answer.raw_output_contents.append(raw)
     return answer
 
 
@@ -110,9 +103,6 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
 
     def __init__(self, protocol: Protocol, loop: asyncio.AbstractEventLoop):
         self.protocol, self.loop = protocol, loop
-
-    def _model(self, name: str, version: str) -> tuple[Model, str | None]:
-        return self.protocol.model(name, version or None)
 
     def _answer(self, context, make):
         try:
@@ -131,7 +121,7 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request, context):
         try:  # an unknown model or version is not ready (Triton's answer), not an error
-            self._model(request.name, request.version)
+            self.protocol.model(request.name, request.version)
         except ProtocolError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -141,7 +131,7 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request, context):
         def make():
-            model, _ = self._model(request.name, request.version)
+            model, _ = self.protocol.model(request.name, request.version)
             meta = model.metadata()
             return pb.ModelMetadataResponse(
                 name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -151,11 +141,10 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
 
     def ModelConfig(self, request, context):
         def make():
-            model, version = self._model(request.name, request.version)
+            model, version = self.protocol.model(request.name, request.version)
             if self.protocol.config is None:
                 raise ProtocolError("this server has no model configurations", 404)
-            config = self.protocol.config(model, version) if version else self.protocol.config(model)
-            config = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+            config = json_format.ParseDict(self.protocol.config(model, version), model_config_pb2.ModelConfig())
             return pb.ModelConfigResponse(config=config)
         return self._answer(context, make)
 
@@ -167,7 +156,7 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
         """One call, run on the protocol's event loop (batched with its HTTP and gRPC company)."""
         running = None
         try:
-            model, version = self._model(request.model_name, request.model_version)
+            model, version = self.protocol.model(request.model_name, request.model_version)
             tensors = decode_request(request)
             params = {k: parameter(v) for k, v in request.parameters.items()}
             wanted = [o.name for o in request.outputs] or [s.name for s in model.outputs]
@@ -186,8 +175,7 @@ class Servicer(rpc.GRPCInferenceServiceServicer):
         try:
             return encode_response(model, ran, outputs, request.id)
         except Exception as e:  # noqa: BLE001 - an output the protocol cannot carry is the server's fault
-            traceback.print_exc(file=sys.stderr)
-            raise Refused(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}: {first_line(e, 160)})") from None
+            raise Refused(grpc.StatusCode.INTERNAL, internal_error(e)) from None
 
     def ModelInfer(self, request, context):
         return self._answer(context, lambda: self.infer(request, context.time_remaining()))
@@ -230,4 +218,4 @@ class GrpcServer:
         self.server.stop(grace=1).wait(5)
 
 
-__all__ = ["GrpcServer", "Servicer", "decode_request", "encode_response", "DATATYPES"]
+__all__ = ["GrpcServer", "Servicer", "decode_request", "encode_response"]

@@ -247,7 +247,7 @@ class Protocol:
     run at once (the others wait)."""
 
     def __init__(self, models: dict[str, Model], max_body: int = 10 << 20, workers: int = 2, window: float = 0.0,
-                 concurrency: int = 8, config: Callable[[Model], dict[str, Any]] | None = None):
+                 concurrency: int = 8, config: Callable[[Model, str | None], dict[str, Any]] | None = None):
         self.models, self.max_body = {}, max_body
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="v2")
         self.loops = ThreadPoolExecutor(concurrency, thread_name_prefix="v2-loop")
@@ -276,13 +276,9 @@ class Protocol:
             return
         try:
             status, body, headers = await self.handle(scope, receive)
-        except ProtocolError as e:
-            status, body, headers = e.status, _error(str(e)), None
-        except BundleError as e:
-            status, body, headers = 400, _error(str(e)), None
-        except Exception as e:  # noqa: BLE001 - a fault of the server: the log gets the traceback
-            traceback.print_exc(file=sys.stderr)
-            status, body, headers = 500, _error(f"internal error ({type(e).__name__}: {first_line(e, 160)})"), None
+        except Exception as e:  # noqa: BLE001 - every failure is the protocol's error answer
+            status, message = refusal(e)
+            body, headers = _error(message), None
         hdrs = [(k.encode(), v.encode()) for k, v in (headers or {"content-type": "application/json"}).items()]
         hdrs.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
@@ -318,7 +314,7 @@ class Protocol:
             return 200, orjson.dumps({"name": name, "calls": b.calls if b else None, "rows": b.rows if b else None}), None
         if self.config is None:
             raise ProtocolError("this server has no model configurations", 404)
-        return 200, orjson.dumps(self.config(model, version) if version else self.config(model)), None
+        return 200, orjson.dumps(self.config(model, version)), None
 
     def index(self) -> list[dict[str, str]]:
         """The repository index: every model at every version, all ready."""
@@ -419,6 +415,22 @@ async def _body(receive, scope, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def refusal(e: Exception) -> tuple[int, str]:
+    """What a failed call answers, whichever transport: a refusal's status (4xx) and message, or 500 for a
+    fault of the server (whose traceback goes to the log, not to the client)."""
+    if isinstance(e, ProtocolError):
+        return e.status, str(e)
+    if isinstance(e, BundleError):
+        return 400, str(e)
+    return 500, internal_error(e)
+
+
+def internal_error(e: Exception) -> str:
+    """A fault of the server: its traceback logged, a one-line message for the client."""
+    traceback.print_exc(file=sys.stderr)
+    return f"internal error ({type(e).__name__}: {first_line(e, 160)})"
 
 
 def _error(message: str) -> bytes:

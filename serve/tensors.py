@@ -103,6 +103,12 @@ def from_raw(raw: memoryview, datatype: str, shape: list[int], name: str, said: 
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+def to_raw(value: np.ndarray) -> tuple[str, bytes]:
+    """An output -> its datatype and raw bytes (a binary tensor over HTTP, ``raw_output_contents`` over gRPC)."""
+    datatype = datatype_of(value.dtype)
+    return datatype, pack_bytes(value) if datatype == "BYTES" else np.ascontiguousarray(value).tobytes()
+
+
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise ProtocolError(f"input {name}: shape must be a list of whole numbers >= 0, got {str(value)[:80]}")
@@ -186,7 +192,7 @@ def encode_outputs(outputs: dict[str, np.ndarray], binary: dict[str, bool]) -> t
         datatype = datatype_of(value.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
         if binary.get(name):
-            raw = pack_bytes(value) if datatype == "BYTES" else np.ascontiguousarray(value).tobytes()
+            _, raw = to_raw(value)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":

@@ -267,8 +267,10 @@ def corpus_sentences(max_chars: int) -> dict[str, list[str]]:
     """The text task's corpus (the standard library's documentation), split by document as textgen splits
     it, as sentences that read as written: {"train": ..., "test": ...} (validation's documents unused)."""
     from pipeline.data import text
+    from pipeline.tasks.textgen import DataConfig as TextConfig
 
-    parts = text.split_documents(text.stdlib_documents(), 0.05, 0.05)  # textgen's split (its default fractions)
+    split = TextConfig()  # textgen's own split of the documents (its default fractions)
+    parts = text.split_documents(text.stdlib_documents(), split.val_fraction, split.test_fraction)
     out = {k: [s for doc in parts[k] for s in sp.sentences_of(doc.text, max_chars)] for k in ("train", "test")}
     trained = set(out["train"])
     out["test"] = [s for s in out["test"] if s not in trained]  # a sentence both splits hold is trained on
