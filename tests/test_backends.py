@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.benchmark import _fastest, _fastest_single
 from serve.openvino_runtime import openvino_missing
@@ -228,3 +229,18 @@ def test_a_served_mix_that_loses_too_much_is_rejected_and_serving_falls_back(tex
     # the manifest's metrics are those of what is served: the fallback's; the mix's are kept beside
     assert rejected["metrics"][metric.name] == run.manifest["variants"]["int8"][metric.name]
     assert rejected["mix_metrics"][metric.name] == fp32 + 1.0
+
+
+def test_torch_compile_keeps_a_sampler_loop_in_python_around_the_compiled_step(smoke_bundles):
+    """Compiling the sampler's Python loop would unroll every step count into its own graph: the loop
+    stays as written and calls the compiled denoiser (torch.compile is lazy, so nothing compiles here)."""
+    from pipeline.benchmark import compiled_modules
+    from pipeline.run import as_run
+
+    graphs = as_run(smoke_bundles("imagegen")).graphs
+    modules = compiled_modules(graphs)
+    assert isinstance(modules["denoiser"], torch._dynamo.eval_frame.OptimizedModule)
+    assert modules["denoiser"]._orig_mod is graphs["denoiser"].module
+    loop = modules["sampler"]
+    assert type(loop) is type(graphs["sampler"].module) and loop.denoiser is modules["denoiser"]
+    assert graphs["sampler"].module.denoiser is graphs["denoiser"].module  # the reference is left as it was
