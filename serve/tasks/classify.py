@@ -12,6 +12,11 @@ from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch
 
 INK_THRESHOLD = 24  # grey levels below white that count as ink on a sketch
 CANVAS = 280  # the sketchpad's paper, pixels a side
+# the sketchpad's height: Gradio's editor fits the paper into its canvas (2 px less than the component) less a
+# 30 px border on each side, and caps its first view at 1:1 but not a later "fit"; just under 1:1 both agree
+# (100%), where the default height opened at 103% and snapped to 100% later
+SKETCH_HEIGHT = CANVAS + 2 + 60 - 1
+OFF_PAPER = 40  # a press up to this many pixels beside the sketchpad's canvas still starts a stroke on entry
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
 UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
@@ -69,7 +74,43 @@ class ClassifyTab(TaskTab):
     document.addEventListener("click", (event) => {
       if (event.target.closest && event.target.closest("#classify-sketch button[aria-label='Clear canvas']"))
         setTimeout(() => pickBrush(20), 50);
-    }, true);"""
+    }, true);
+
+    // A stroke that starts off the paper: Gradio's brush begins only on a press over the paper, so a
+    // press a few pixels outside drew nothing, even once the pen was inside. Such a press is handed to
+    // the paper where the pen enters it. Where the paper is comes from the editor itself (Gradio's image
+    // editor puts itself on window.editor; its image container's bounds are in the canvas's CSS pixels);
+    // without it, nothing is done.
+    const paperRect = () => {
+      const ed = window.editor, canvas = document.querySelector("#classify-sketch .pixi-target canvas");
+      if (!ed || !ed.image_container || !canvas || canvas.offsetParent === null ||
+          !(ed.target_element && ed.target_element.contains(canvas))) return null;
+      const r = canvas.getBoundingClientRect(), b = ed.image_container.getBounds();
+      return {canvas, around: r, x: r.left + b.x, y: r.top + b.y, right: r.left + b.x + b.width, bottom: r.top + b.y + b.height};
+    };
+    const inside = (p, e, margin) => e.clientX >= p.x + margin && e.clientX <= p.right - margin &&
+                                     e.clientY >= p.y + margin && e.clientY <= p.bottom - margin;
+    let offPaper = null;  // the pointer id of a press that began beside the paper
+    document.addEventListener("pointerdown", (e) => {
+      offPaper = null;
+      if (!e.isTrusted || e.button !== 0 || (e.target.closest && e.target.closest("button, input, [role=button]"))) return;
+      const p = paperRect();
+      if (!p || inside(p, e, 0)) return;  // on the paper the brush takes it
+      const a = p.around, near = %(near)d;  // beside the paper: in the canvas, or within this many px of it
+      if (e.clientX < a.left - near || e.clientX > a.right + near || e.clientY < a.top - near || e.clientY > a.bottom + near) return;
+      offPaper = e.pointerId;
+    }, true);
+    window.addEventListener("pointermove", (e) => {  // on window, bubbling: after the editor has seen the move
+      if (offPaper === null || e.pointerId !== offPaper) return;
+      if (!(e.buttons & 1)) { offPaper = null; return; }
+      const p = paperRect();
+      if (!p || !inside(p, e, 1)) return;
+      offPaper = null;
+      p.canvas.dispatchEvent(new PointerEvent("pointerdown", {bubbles: true, cancelable: true, composed: true,
+        clientX: e.clientX, clientY: e.clientY, screenX: e.screenX, screenY: e.screenY, pointerId: e.pointerId,
+        pointerType: e.pointerType, isPrimary: e.isPrimary, button: 0, buttons: 1, pressure: 0.5}));
+    });
+    document.addEventListener("pointerup", () => { offPaper = null; }, true);""" % {"near": OFF_PAPER}
 
     def check(self, bundle: Bundle) -> None:
         labels = bundle.info.get("labels")
@@ -109,7 +150,7 @@ class ClassifyTab(TaskTab):
                 with gr.Tabs():
                     with gr.Tab("Draw"):
                         sketch = gr.Sketchpad(label="Draw a digit", type="numpy", image_mode="RGBA",
-                                              canvas_size=(CANVAS, CANVAS), elem_id="classify-sketch",
+                                              canvas_size=(CANVAS, CANVAS), height=SKETCH_HEIGHT, elem_id="classify-sketch",
                                               brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"))
                         sketch_btn = gr.Button("Classify drawing", variant="primary", elem_id="classify-sketch-btn")
                     with gr.Tab("Upload"):

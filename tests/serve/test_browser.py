@@ -75,7 +75,7 @@ DRAWINGS = {
     "7": [[(0.25, 0.18), (0.75, 0.18), (0.45, 0.88)], [(0.38, 0.52), (0.66, 0.52)]],
     "8": [[(0.5 + 0.14 * x, 0.32 + 0.14 * y) for x, y in CIRCLE], [(0.5 + 0.18 * x, 0.67 + 0.18 * y) for x, y in CIRCLE]],
 }
-PAPER = 250  # pixels of the page inside the 280x280 sketch, whatever the editor's zoom (100% or a little more)
+PAPER = 250  # pixels of the page inside the 280x280 sketch (shown at 100%)
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"  # kept after the run
 
 
@@ -121,6 +121,40 @@ def test_draw_digits_with_the_mouse(page, app_url, tmp_path):
         page.screenshot(path=str(shot))
         shutil.copy(shot, tmp_path / shot.name)
     assert read == {d: d for d in DRAWINGS}, f"drawn -> read: {read}; screenshots in {SCREENSHOTS}"
+
+
+def test_a_stroke_that_starts_off_the_paper_still_draws_and_the_zoom_stays_at_100(page, app_url):
+    """Issue 29: a press a few pixels beside the paper (in the editor's grey margin, or above the canvas)
+    starts the stroke where the pen enters the paper; the editor opens at 100% and stays there."""
+    page.goto(app_url)
+    page.wait_for_selector("#classify-sketch canvas", timeout=30_000)
+    page.wait_for_function("() => document.querySelector(\"#classify-sketch button[aria-label='Brush']\")"
+                           ".classList.contains('highlight')", timeout=30_000)
+    zoom = "#classify-sketch .zoom-number span"
+    assert page.inner_text(zoom) == "100%"
+    paper = page.evaluate("""() => {  // the paper's place, from Gradio's editor (window.editor)
+        const r = document.querySelector('#classify-sketch .pixi-target canvas').getBoundingClientRect();
+        const b = window.editor.image_container.getBounds();
+        return {x: r.left + b.x, y: r.top + b.y, side: b.width, top: r.top}; }""")
+    assert 270 <= paper["side"] <= 281  # the 280-pixel paper at about 1:1
+    starts = {"beside the paper, in the editor's margin": (paper["x"] - 12, paper["y"] + 0.3 * paper["side"], 1, 0),
+              "above the editor's canvas": (paper["x"] + 0.5 * paper["side"], paper["top"] - 8, 0, 1)}
+    for where, (x, y, dx, dy) in starts.items():
+        page.click("#classify-sketch button[aria-label='Clear canvas']")
+        page.wait_for_function("() => !document.querySelector('#classify-latency textarea').value", timeout=30_000)
+        page.wait_for_timeout(300)
+        page.wait_for_function("() => document.querySelector(\"#classify-sketch button[aria-label='Brush']\")"
+                               ".classList.contains('highlight')", timeout=30_000)
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for i in range(1, 31):  # 180 px: well into the paper
+            page.mouse.move(x + 6 * i * dx, y + 6 * i * dy)
+        page.mouse.up()
+        try:
+            _result(page)  # a prediction: the sketch has ink (an empty one gives none)
+        except Exception:
+            raise AssertionError(f"a stroke that started {where} drew nothing") from None
+        assert page.inner_text(zoom) == "100%"
 
 
 def test_upload_a_held_out_digit(page, app_url, served_bundle, tmp_path):
