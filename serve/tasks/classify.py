@@ -110,7 +110,7 @@ class ClassifyTab(TaskTab):
         clientX: e.clientX, clientY: e.clientY, screenX: e.screenX, screenY: e.screenY, pointerId: e.pointerId,
         pointerType: e.pointerType, isPrimary: e.isPrimary, button: 0, buttons: 1, pressure: 0.5}));
     });
-    document.addEventListener("pointerup", () => { offPaper = null; }, true);""" % {"near": OFF_PAPER}
+    for (const end of ["pointerup", "pointercancel"]) document.addEventListener(end, () => { offPaper = null; }, true);""" % {"near": OFF_PAPER}
 
     def check(self, bundle: Bundle) -> None:
         labels = bundle.info.get("labels")
