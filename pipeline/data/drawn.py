@@ -14,6 +14,12 @@ from pipeline.data.images import ImageSplit
 
 CANVAS = 280  # the app's sketchpad side, pixels
 BRUSH = (12, 30)  # stroke widths on the canvas (the app's brush is 20)
+# a digit's width over its height, as a multiplier of its style's own shape: the held-out drawn set's
+# narrow range (most handwriting), the wide and round digits people also draw (the held-out "wide" set),
+# and the training drawings' range, which spans both
+NARROW = (0.5, 0.8)
+WIDE = (0.85, 1.4)
+TRAIN_WIDTHS = (0.45, 1.4)
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n: int = 24) -> list[tuple[float, float]]:
@@ -49,14 +55,16 @@ STYLES: dict[int, list[list[list[tuple[float, float]]]]] = {
 }
 
 
-def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand: float = 0.035) -> np.ndarray:
+def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand: float = 0.035,
+               widths: tuple[float, float] = NARROW) -> np.ndarray:
     """One drawing of ``digit``: uint8 (canvas, canvas), dark ink (0) on white (255); ``hand``: how
-    far a person's control points wander, in units of the digit's size."""
+    far a person's control points wander, in units of the digit's size; ``widths``: the range of its
+    width over its height (log-uniform), as a multiplier of the style's shape."""
     from PIL import Image, ImageDraw
 
     style = STYLES[digit][rng.integers(len(STYLES[digit]))]
     height = rng.uniform(0.35, 0.85)  # of the canvas
-    width = height * rng.uniform(0.5, 0.8)
+    width = height * _ratio(rng, widths)
     slant, angle = rng.uniform(-0.35, 0.35), np.radians(rng.uniform(-15, 15))
     cos, sin = np.cos(angle), np.sin(angle)
     centre = rng.uniform(0.5 - (1 - height) / 2 * 0.8, 0.5 + (1 - height) / 2 * 0.8, size=2)
@@ -78,12 +86,21 @@ def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand:
     return np.asarray(image.resize((canvas, canvas), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def drawn_digits(per_class: int = 100, seed: int = 2026, canvas: int = CANVAS, hand: float = 0.035) -> ImageSplit:
+def _ratio(rng: np.random.Generator, widths: tuple[float, float]) -> float:
+    """A width multiplier in ``widths``: the narrow range as it always was drawn (uniform, so the seeds'
+    drawings stay the same), any other log-uniform (as many digits wider than square as narrower)."""
+    if tuple(widths) == NARROW:
+        return float(rng.uniform(*NARROW))
+    return float(np.exp(rng.uniform(np.log(widths[0]), np.log(widths[1]))))
+
+
+def drawn_digits(per_class: int = 100, seed: int = 2026, canvas: int = CANVAS, hand: float = 0.035,
+                 widths: tuple[float, float] = NARROW) -> ImageSplit:
     """``per_class`` drawings of each digit 0-9 as uint8 (N, canvas, canvas, 1), labels (N,); the same
     for the same seed. The held-out drawn set uses the default seed; training must use others."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), per_class)
-    images = np.stack([draw_digit(int(d), rng, canvas, hand) for d in labels])[..., None]
+    images = np.stack([draw_digit(int(d), rng, canvas, hand, widths) for d in labels])[..., None]
     return ImageSplit(images, labels.astype(np.int64))
 
 
@@ -120,13 +137,15 @@ def _chaikin(pts: np.ndarray, rounds: int = 3) -> np.ndarray:
     return pts
 
 
-def draw_other_hand(digit: int, rng: np.random.Generator, canvas: int = 360) -> np.ndarray:
-    """One drawing of ``digit`` by :data:`OTHER_HAND`: uint8 (canvas, canvas), dark ink on white."""
+def draw_other_hand(digit: int, rng: np.random.Generator, canvas: int = 360,
+                    widths: tuple[float, float] | None = None) -> np.ndarray:
+    """One drawing of ``digit`` by :data:`OTHER_HAND`: uint8 (canvas, canvas), dark ink on white;
+    ``widths`` as for :func:`draw_digit` (None: this hand's own 0.45-0.85)."""
     from PIL import Image, ImageDraw
 
     style = OTHER_HAND[digit][rng.integers(len(OTHER_HAND[digit]))]
     height = rng.uniform(0.3, 0.9)
-    width = height * rng.uniform(0.45, 0.85)
+    width = height * (rng.uniform(0.45, 0.85) if widths is None else _ratio(rng, widths))
     slant, angle = rng.uniform(-0.4, 0.3), np.radians(rng.uniform(-12, 12))
     centre = rng.uniform(0.5 - (1 - height) / 2 * 0.9, 0.5 + (1 - height) / 2 * 0.9, size=2)
     pen = rng.uniform(0.025, 0.09) * canvas  # pen width, pixels
@@ -154,11 +173,12 @@ def draw_other_hand(digit: int, rng: np.random.Generator, canvas: int = 360) -> 
     return np.asarray(image.resize((canvas, canvas), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def other_hand_digits(per_class: int = 50, seed: int = 7, canvas: int = 360) -> ImageSplit:
+def other_hand_digits(per_class: int = 50, seed: int = 7, canvas: int = 360,
+                      widths: tuple[float, float] | None = None) -> ImageSplit:
     """``per_class`` drawings of each digit by the second hand, as uint8 (N, canvas, canvas, 1)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), per_class)
-    images = np.stack([draw_other_hand(int(d), rng, canvas) for d in labels])[..., None]
+    images = np.stack([draw_other_hand(int(d), rng, canvas, widths) for d in labels])[..., None]
     return ImageSplit(images, labels.astype(np.int64))
 
 

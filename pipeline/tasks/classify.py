@@ -21,7 +21,7 @@ import models
 from models.layers import channels_first
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
 from pipeline.data.augment import augment
-from pipeline.data.drawn import drawn_digits, font_digits, other_hand_digits, scanned
+from pipeline.data.drawn import TRAIN_WIDTHS, WIDE, drawn_digits, font_digits, other_hand_digits, scanned
 from pipeline.data.images import ImageData, ImageSplit, load_digits, load_image_folder
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import BenchCase, EvalSet, Graph, Metric, RunConfig, Task, with_model_fields
@@ -30,6 +30,7 @@ EVAL_BATCH = 256  # images per graph call when scoring and checking parity
 DIGITS = [str(d) for d in range(10)]
 DRAWN_PER_CLASS = 100  # the held-out drawn-digit set: 1,000 sketchpad drawings
 TRAIN_DRAWING_SEED = 10_000  # + data.split_seed: training drawings' seeds, far from the held-out 2026
+WIDE_SEEDS = (2027, 8)  # the held-out wide set: both hands' seeds, apart from the drawn and hand2 sets' own
 
 
 @dataclass
@@ -242,16 +243,33 @@ def evaluate(model: nn.Module, data_set: Dataset, device: torch.device, batch_si
 
 
 
+def _resized(images: np.ndarray, side: int) -> np.ndarray:
+    """uint8 (N, S, S, 1) drawings resized to ``side`` a side (a set holds images of one size)."""
+    from PIL import Image
+
+    if images.shape[1] == side:
+        return images
+    return np.stack([np.asarray(Image.fromarray(i[..., 0]).resize((side, side), Image.Resampling.BOX))
+                     for i in images])[..., None]
+
+
 @functools.lru_cache(maxsize=4)
 def drawn_sets(per_class: int = DRAWN_PER_CLASS) -> tuple[EvalSet, ...]:
     """Digits as people draw them (none ever trained on), scored and judged beside the test split:
-    the sketchpad drawings, a second hand drawn by another generator, and typed digits."""
+    the sketchpad drawings, a second hand drawn by another generator, wide and round digits by both
+    hands, and typed digits."""
     drawn = drawn_digits(per_class)
-    hand2, fonts = other_hand_digits(max(1, per_class // 2)), font_digits(max(1, per_class // 2))
+    half = max(1, per_class // 2)
+    hand2, fonts = other_hand_digits(half), font_digits(half)
+    one, two = drawn_digits(half, seed=WIDE_SEEDS[0], widths=WIDE), other_hand_digits(half, seed=WIDE_SEEDS[1], widths=WIDE)
+    wide = ImageSplit(np.concatenate([one.images, _resized(two.images, one.images.shape[1])]),
+                      np.concatenate([one.labels, two.labels]))
     return (EvalSet("drawn", f"{len(drawn)} digits drawn as on the 280x280 sketchpad (pipeline/data/drawn.py, "
                     "seed 2026)", drawn, len(drawn), scored=True),
             EvalSet("hand2", f"{len(hand2)} digits by a second hand: other strokes, pen pressure, tremor, a 360x360 "
                     "canvas (drawn.other_hand_digits)", hand2, len(hand2), scored=True),
+            EvalSet("wide", f"{len(wide)} wide and round digits ({WIDE[0]}-{WIDE[1]} times a style's width) by "
+                    "both hands, half each", wide, len(wide), scored=True),
             EvalSet("fonts", f"{len(fonts)} typed digits in matplotlib's fonts at random size, place, angle and "
                     "weight (drawn.font_digits)", fonts, len(fonts), scored=True))
 
@@ -291,7 +309,8 @@ print(labels[int(probs.argmax())], float(probs.max()))
                 raise PipelineError("the digits are grey: use data.channels=1 with data.source=digits")
             data = load_digits(fractions, d.split_seed)
             if d.drawings:  # sketchpad-style drawings of a training seed, scanned as the digits were
-                extra = scanned(drawn_digits(d.drawings, seed=TRAIN_DRAWING_SEED + d.split_seed, hand=0.07))
+                extra = scanned(drawn_digits(d.drawings, seed=TRAIN_DRAWING_SEED + d.split_seed, hand=0.07,
+                                             widths=TRAIN_WIDTHS))
                 data.train = ImageSplit(np.concatenate([data.train.images, extra.images]),
                                         np.concatenate([data.train.labels, extra.labels]))
                 data.source += f" + {len(extra)} scanned drawings"

@@ -42,10 +42,11 @@ def test_smoke_run_writes_a_complete_bundle(smoke_bundle):
         assert v["status"] == "accepted", v
         assert abs(v["accuracy"] - m["variants"]["fp32"]["accuracy"]) <= 0.5
     assert m["metric"] == {"name": "accuracy", "direction": "max", "tolerance": 0.5, "unit": "%", "split": "test",
-                           "also_on": ["drawn", "hand2", "fonts"]}
+                           "also_on": ["drawn", "hand2", "wide", "fonts"]}
     drawn = m["parity"]["drawn"]  # the drawn-digit set: parity, and the metric per variant beside the test split
     per_class = json.loads((smoke_bundle / "config.json").read_text())["data"]["held_out_drawings"]
     assert drawn["samples"] == 10 * per_class and m["parity"]["fonts"]["samples"] == 10 * (per_class // 2)
+    assert m["parity"]["wide"]["samples"] == 2 * 10 * (per_class // 2)  # both hands
     assert drawn["top1_agreement"] == 1.0 and drawn["max_abs_diff"] <= 1e-4
     for entry in (*m["variants"].values(), m["metrics"]["onnx_fp32"], m["metrics"]["torch_served"]):
         assert 0 <= entry["drawn"] <= 100

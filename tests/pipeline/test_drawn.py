@@ -30,3 +30,35 @@ def test_the_other_held_out_sets_are_deterministic_balanced_and_apart():
         assert (share > 0.002).all() and (share < 0.35).all(), "dark ink on mostly white paper"
     assert sorted(OTHER_HAND) == list(range(10))
     assert all(OTHER_HAND[d] != STYLES[d] for d in range(10)), "the second hand is written apart"
+
+
+def _ink_aspect(images: np.ndarray) -> np.ndarray:
+    """Width over height of each image's ink box."""
+    out = []
+    for im in images[..., 0] < 128:
+        ys, xs = np.nonzero(im)
+        out.append((xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1))
+    return np.asarray(out)
+
+
+def test_the_wide_set_is_wider_than_the_drawn_set_and_training_spans_both():
+    """Issue 28: the held-out wide set holds digits wider than the narrow drawn set's (by both hands),
+    and the training drawings' widths cover the two ranges."""
+    from pipeline.data.drawn import NARROW, TRAIN_WIDTHS, WIDE, other_hand_digits
+
+    assert TRAIN_WIDTHS[0] <= NARROW[0] and TRAIN_WIDTHS[1] >= WIDE[1] and WIDE[0] > NARROW[1]
+    narrow, wide = drawn_digits(6, seed=5), drawn_digits(6, seed=5, widths=WIDE)
+    hand, hand_wide = other_hand_digits(6, seed=5), other_hand_digits(6, seed=5, widths=WIDE)
+    for a, b in ((narrow, wide), (hand, hand_wide)):
+        round_ones = a.labels != 1  # a 1 is a line at any width
+        assert np.median(_ink_aspect(b.images[round_ones])) > 1.25 * np.median(_ink_aspect(a.images[round_ones]))
+    np.testing.assert_array_equal(wide.images, drawn_digits(6, seed=5, widths=WIDE).images)
+
+
+def test_the_classifier_is_scored_on_the_wide_set_apart_from_its_training_drawings():
+    from pipeline.tasks.classify import TRAIN_DRAWING_SEED, WIDE_SEEDS, drawn_sets
+
+    sets = {s.name: s for s in drawn_sets(4)}
+    assert {"drawn", "hand2", "wide", "fonts"} <= set(sets) and sets["wide"].scored
+    assert len(sets["wide"].items) == 40 and np.bincount(sets["wide"].items.labels).tolist() == [4] * 10  # 2 + 2 a hand
+    assert TRAIN_DRAWING_SEED not in WIDE_SEEDS and 2026 not in WIDE_SEEDS and 7 not in WIDE_SEEDS
