@@ -32,8 +32,14 @@ ROWS = {  # name -> (what it is, --set overrides)
              {"data": {"crop": "ink", "augment": "affine", "drawings": 0}}),
     "strokes": ("crop, stroke augmentation, scans only", {"data": {"crop": "ink", "augment": "strokes", "drawings": 0}}),
     "drawings": ("crop, affine augmentation, + 500 scanned training drawings",
-                 {"data": {"crop": "ink", "augment": "affine", "drawings": 50}}),
-    "quick": ("crop, stroke augmentation, + 500 scanned training drawings (the quick preset)", {}),
+                 {"data": {"crop": "ink", "augment": "affine", "drawings": 50, "drawing_shapes": "narrow"}}),
+    "narrow": ("crop, stroke augmentation, + 500 scanned training drawings (the quick preset before issue 28)",
+               {"data": {"drawings": 50, "drawing_shapes": "narrow"}}),
+    "wide": ("+ training drawings from narrow to wide (0.45-1.4 times a style's width)",
+             {"data": {"drawings": 50, "drawing_shapes": "wide"}}),
+    "shapes": ("+ shapes only training draws (one-stroke 8, round 0, open 4, hooked 7)",
+               {"data": {"drawings": 50, "drawing_shapes": "all"}}),
+    "quick": ("+ 1,000 scanned training drawings instead of 500 (the quick preset)", {}),
 }
 
 

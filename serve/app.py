@@ -69,8 +69,8 @@ def build_app(bundles: dict[str, Bundle], problems: list[str] | None = None, roo
     and each of their tabs renders when its bundle lands."""
     problems = problems or []
     live = [t for t in (board.tasks if board else []) if t in TABS and t not in bundles]
-    on_load = "\n".join(tab.on_load_js for task, tab in TABS.items()
-                        if (task in bundles or task in live) and tab.on_load_js)
+    on_load = "\n".join(dict.fromkeys(tab.on_load_js for task, tab in TABS.items()  # a script shared by tabs once
+                                       if (task in bundles or task in live) and tab.on_load_js))
     with App(title="Little Book of Deep Learning: ONNX demos", analytics_enabled=False) as app:
         if on_load:  # the tabs' page-open scripts, in the browser only
             app.load(None, js=f"() => {{\n{on_load}\n}}")

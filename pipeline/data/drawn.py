@@ -28,6 +28,14 @@ def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n
     return list(zip(cx + rx * np.cos(t), cy + ry * np.sin(t)))
 
 
+def _chaikin(pts: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Corner-cutting: a smooth curve near the polyline ``pts`` (M, 2), through its end points."""
+    for _ in range(rounds):
+        q, r = 0.75 * pts[:-1] + 0.25 * pts[1:], 0.25 * pts[:-1] + 0.75 * pts[1:]
+        pts = np.concatenate([pts[:1], np.stack([q, r], 1).reshape(-1, 2), pts[-1:]])
+    return pts
+
+
 # digit -> styles; a style is a list of strokes; a stroke is a polyline of (x, y) in [0, 1]^2
 STYLES: dict[int, list[list[list[tuple[float, float]]]]] = {
     0: [[_arc(0.5, 0.5, 0.32, 0.46, -90, 275)],
@@ -55,16 +63,35 @@ STYLES: dict[int, list[list[list[tuple[float, float]]]]] = {
 }
 
 
+def _smooth_path(points: list[tuple[float, float]], rounds: int = 3) -> list[tuple[float, float]]:
+    """A smooth stroke near the polyline ``points`` (Chaikin's corner cutting), as a list of points."""
+    return [tuple(p) for p in _chaikin(np.asarray(points, np.float64), rounds)]
+
+
+# shapes drawn only into the training drawings (the held-out sets draw STYLES alone, so their seeds
+# keep their drawings): an 8 in one stroke that crosses itself at the waist, a round 0 that closes
+# with a tail, a 4 with an open top, a 7 with a hooked top
+TRAINING_STYLES: dict[int, list[list[list[tuple[float, float]]]]] = {
+    0: [[_arc(0.5, 0.5, 0.42, 0.46, -80, 300)]],
+    4: [[[(0.35, 0.04), (0.12, 0.6), (0.9, 0.6)], [(0.68, 0.25), (0.64, 0.97)]]],
+    7: [[[(0.1, 0.2), (0.18, 0.05), (0.88, 0.06), (0.55, 0.5), (0.42, 0.96)]]],
+    8: [[_smooth_path([(0.8, 0.14), (0.5, 0.02), (0.2, 0.14), (0.25, 0.36), (0.5, 0.5), (0.8, 0.66), (0.78, 0.9),
+                       (0.5, 0.99), (0.2, 0.88), (0.22, 0.66), (0.5, 0.5), (0.76, 0.36), (0.8, 0.14)])]],
+}
+
+
 def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand: float = 0.035,
-               widths: tuple[float, float] = NARROW) -> np.ndarray:
+               widths: tuple[float, float] = NARROW, training: bool = False) -> np.ndarray:
     """One drawing of ``digit``: uint8 (canvas, canvas), dark ink (0) on white (255); ``hand``: how
     far a person's control points wander, in units of the digit's size; ``widths``: the range of its
-    width over its height (log-uniform), as a multiplier of the style's shape."""
+    width over its height (log-uniform), as a multiplier of the style's shape; ``training``: the
+    styles include :data:`TRAINING_STYLES`."""
     from PIL import Image, ImageDraw
 
-    style = STYLES[digit][rng.integers(len(STYLES[digit]))]
+    styles = STYLES[digit] + (TRAINING_STYLES.get(digit, []) if training else [])
+    style = styles[rng.integers(len(styles))]
     height = rng.uniform(0.35, 0.85)  # of the canvas
-    width = height * _ratio(rng, widths)
+    width = height * _ratio(rng, widths, digit)
     slant, angle = rng.uniform(-0.35, 0.35), np.radians(rng.uniform(-15, 15))
     cos, sin = np.cos(angle), np.sin(angle)
     centre = rng.uniform(0.5 - (1 - height) / 2 * 0.8, 0.5 + (1 - height) / 2 * 0.8, size=2)
@@ -86,21 +113,23 @@ def draw_digit(digit: int, rng: np.random.Generator, canvas: int = CANVAS, hand:
     return np.asarray(image.resize((canvas, canvas), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def _ratio(rng: np.random.Generator, widths: tuple[float, float]) -> float:
+def _ratio(rng: np.random.Generator, widths: tuple[float, float], digit: int) -> float:
     """A width multiplier in ``widths``: the narrow range as it always was drawn (uniform, so the seeds'
-    drawings stay the same), any other log-uniform (as many digits wider than square as narrower)."""
+    drawings stay the same), any other log-uniform (as many digits wider than square as narrower). A 1
+    is a stroke and its flag: drawn wider, its flag would grow into a 7's bar, so it stays narrow."""
     if tuple(widths) == NARROW:
         return float(rng.uniform(*NARROW))
-    return float(np.exp(rng.uniform(np.log(widths[0]), np.log(widths[1]))))
+    ratio = float(np.exp(rng.uniform(np.log(widths[0]), np.log(widths[1]))))
+    return min(ratio, NARROW[1]) if digit == 1 else ratio
 
 
 def drawn_digits(per_class: int = 100, seed: int = 2026, canvas: int = CANVAS, hand: float = 0.035,
-                 widths: tuple[float, float] = NARROW) -> ImageSplit:
+                 widths: tuple[float, float] = NARROW, training: bool = False) -> ImageSplit:
     """``per_class`` drawings of each digit 0-9 as uint8 (N, canvas, canvas, 1), labels (N,); the same
     for the same seed. The held-out drawn set uses the default seed; training must use others."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), per_class)
-    images = np.stack([draw_digit(int(d), rng, canvas, hand, widths) for d in labels])[..., None]
+    images = np.stack([draw_digit(int(d), rng, canvas, hand, widths, training) for d in labels])[..., None]
     return ImageSplit(images, labels.astype(np.int64))
 
 
@@ -129,14 +158,6 @@ OTHER_HAND: dict[int, list[list[list[tuple[float, float]]]]] = {
 }
 
 
-def _chaikin(pts: np.ndarray, rounds: int = 3) -> np.ndarray:
-    """Corner-cutting: a smooth curve near the polyline ``pts`` (M, 2), through its end points."""
-    for _ in range(rounds):
-        q, r = 0.75 * pts[:-1] + 0.25 * pts[1:], 0.25 * pts[:-1] + 0.75 * pts[1:]
-        pts = np.concatenate([pts[:1], np.stack([q, r], 1).reshape(-1, 2), pts[-1:]])
-    return pts
-
-
 def draw_other_hand(digit: int, rng: np.random.Generator, canvas: int = 360,
                     widths: tuple[float, float] | None = None) -> np.ndarray:
     """One drawing of ``digit`` by :data:`OTHER_HAND`: uint8 (canvas, canvas), dark ink on white;
@@ -145,7 +166,7 @@ def draw_other_hand(digit: int, rng: np.random.Generator, canvas: int = 360,
 
     style = OTHER_HAND[digit][rng.integers(len(OTHER_HAND[digit]))]
     height = rng.uniform(0.3, 0.9)
-    width = height * (rng.uniform(0.45, 0.85) if widths is None else _ratio(rng, widths))
+    width = height * (rng.uniform(0.45, 0.85) if widths is None else _ratio(rng, widths, digit))
     slant, angle = rng.uniform(-0.4, 0.3), np.radians(rng.uniform(-12, 12))
     centre = rng.uniform(0.5 - (1 - height) / 2 * 0.9, 0.5 + (1 - height) / 2 * 0.9, size=2)
     pen = rng.uniform(0.025, 0.09) * canvas  # pen width, pixels

@@ -49,13 +49,36 @@ class Style:
     backgrounds: tuple[str, ...] = ("noise", "gradient", "waves")
     dark: float = 0.25  # share of scenes with light digits on a dark background
     noise: float = 0.04  # most pixel noise (std, in [0, 1] units)
+    log_scale: bool = False  # digit heights log-uniform in ``scale`` (as many 12-24 px digits as 48-96 px)
+    drawn: float = 0.0  # share of digits drawn with a pen (pipeline/data/drawn.py) instead of enlarged scans
+    hand: str = "training"  # the drawings' generator: "training" (the sketchpad's, with its training
+    # shapes and seeds) or "other" (the second hand, which no network trains on)
+    photo: float = 0.0  # share of scenes photographed: uneven light, a shadow, slight perspective, blur, JPEG
 
 
-TRAIN_STYLE = Style()
+PAPERS = ("noise", "gradient", "ruled", "squared")  # what people write on
+# training: the scans and drawings (half each), 12 to 88 px (nearly the side), plain or ruled or squared
+# paper, a third of the scenes photographed
+TRAIN_STYLE = Style(scale=(12, 88), log_scale=True,
+                    backgrounds=("noise", "gradient", "waves", "ruled", "squared"), drawn=0.5, photo=0.3)
+TRAIN_STYLES = {"people": TRAIN_STYLE, "scans": Style()}  # data.train_style; "scans": before issue 28
 TEST_STYLE = Style(height=128, width=128)
 # what no network trained on: other sizes and aspect, up to 10 digits, other backgrounds
 STRESS_STYLE = Style(height=160, width=224, digits=(4, 10), backgrounds=("checker", "speckle", "lines"),
                      dark=0.4, noise=0.06)
+# held out, by the second hand (no network trains on its drawings) and test-split scans:
+HELD_OUT_STYLES = {
+    # digits drawn as people draw them: strokes, 20-60 px, on noisy coloured paper
+    "drawn": Style(height=160, width=160, digits=(2, 6), scale=(20, 60), backgrounds=PAPERS, dark=0.0,
+                   noise=0.06, drawn=1.0, hand="other"),
+    # a photo of paper: uneven light, a shadow, perspective, blur, JPEG; drawings and scans
+    "photo": Style(height=160, width=208, digits=(2, 6), scale=(16, 56), backgrounds=PAPERS, dark=0.0,
+                   drawn=0.6, hand="other", photo=1.0),
+    # large digits: 50 px to a third of the image's width
+    "large": Style(height=240, width=320, digits=(2, 5), scale=(50, 107), backgrounds=PAPERS, dark=0.1,
+                   drawn=0.6, hand="other"),
+}
+HELD_OUT_SEEDS = {"drawn": 4, "photo": 5, "large": 6}  # + data.scene_seed (train 0, val 1, test 2, stress 3)
 
 
 def _colour(rng: np.random.Generator, lum: tuple[float, float]) -> np.ndarray:
@@ -93,6 +116,15 @@ def background(rng: np.random.Generator, h: int, w: int, kind: str, base: np.nda
         field_ = 0.12 * (((yy // cell + xx // cell) % 2) - 0.5)[..., None] * rng.uniform(0.5, 1, 3)
     elif kind == "speckle":  # salt and pepper
         field_ = 0.25 * (rng.random((h, w, 1)) < 0.04) * rng.choice([-1, 1], (h, w, 1))
+    elif kind in ("ruled", "squared"):  # a writing pad's lines every 10-24 px, blue or grey, faint
+        cell, phase = rng.uniform(10, 24), rng.uniform(0, 24)
+        tint = rng.uniform(0.05, 0.25) * np.array([1.0, 0.7, 0.2]) if rng.random() < 0.6 else np.full(3, 0.15)
+        def near(t: np.ndarray) -> np.ndarray:  # 1 on a line, fading to 0 a pixel away
+            m = (t + phase) % cell
+            return np.clip(1.2 - np.minimum(m, cell - m), 0, 1)
+
+        lines = near(yy) if kind == "ruled" else np.maximum(near(yy), near(xx))
+        field_ = -lines[..., None] * tint
     elif kind == "lines":  # thin strokes that are not digits
         field_ = np.zeros((h, w, 1), np.float32)
         for _ in range(int(rng.integers(3, 8))):
@@ -118,6 +150,93 @@ def render_digit(scan: np.ndarray, height: int, rng: np.random.Generator, rotati
     return np.clip(np.asarray(ink), 0, 1)
 
 
+def drawn_ink(digit: int, height: int, rng: np.random.Generator, hand: str) -> np.ndarray:
+    """A digit drawn with a pen (the drawing's own width, slant, turn and pen) -> its ink (h, w) float
+    in [0, 1], ``height`` pixels tall."""
+    from PIL import Image
+
+    from pipeline.data.drawn import TRAIN_WIDTHS, draw_digit, draw_other_hand
+
+    canvas = max(48, 2 * height)
+    if hand == "training":
+        paper = draw_digit(digit, rng, canvas, hand=0.07, widths=TRAIN_WIDTHS, training=True)
+    elif hand == "other":
+        paper = draw_other_hand(digit, rng, canvas, widths=TRAIN_WIDTHS)
+    else:
+        raise ValueError(f"unknown hand {hand!r}; known: training, other")
+    ink = 1.0 - paper.astype(np.float32) / 255.0
+    rows, cols = np.flatnonzero((ink > ALPHA_EDGE).any(1)), np.flatnonzero((ink > ALPHA_EDGE).any(0))
+    if not len(rows):
+        return np.zeros((height, 1), np.float32)
+    ink = ink[max(0, rows[0] - 2) : rows[-1] + 3, max(0, cols[0] - 2) : cols[-1] + 3]
+    scale = height / (rows[-1] + 1 - rows[0])
+    size = (max(1, int(round(ink.shape[1] * scale))), max(1, int(round(ink.shape[0] * scale))))
+    return np.clip(np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.BILINEAR)), 0, 1)
+
+
+def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 3x3 projective map taking the four points ``src`` (4, 2) to ``dst`` (4, 2)."""
+    a = []
+    for (x, y), (u, v) in zip(src, dst):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    return np.append(np.linalg.solve(np.array(a, np.float64), dst.reshape(-1)), 1.0).reshape(3, 3)
+
+
+def photograph(image: np.ndarray, mask: np.ndarray, boxes: list[np.ndarray], rng: np.random.Generator):
+    """What a phone's photo of the paper adds to ``image`` (H, W, 3) float in [0, 1]: uneven light and
+    a tint, often a soft shadow, slight perspective (the mask and boxes follow). Blur and JPEG come
+    after the noise (:func:`compose`). Returns the image, mask and boxes."""
+    from PIL import Image
+
+    h, w = mask.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = 1.0 + 0.25 * _smooth(rng, h, w, 3) + rng.uniform(-0.1, 0.1) * ((xx / w - 0.5) + (yy / h - 0.5))
+    image = image * light[..., None] * rng.uniform(0.85, 1.05, 3)
+    if rng.random() < 0.6:  # a soft shadow over one side: a hand, a phone
+        angle, edge = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.2) * max(h, w)
+        d = np.cos(angle) * (xx - w / 2) + np.sin(angle) * (yy - h / 2) - rng.uniform(-0.3, 0.3) * max(h, w)
+        image = image * (1 - rng.uniform(0.2, 0.45) * np.clip(0.5 + d / edge, 0, 1))[..., None]
+    image = np.clip(image, 0, 1)
+    if rng.random() < 0.8:  # slight perspective: each corner moved up to 6% of the side
+        corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+        moved = corners + rng.uniform(-0.06, 0.06, (4, 2)) * [w, h]
+        back = _homography(moved, corners)  # output pixel -> input pixel, as PIL wants it
+        coeffs = tuple((back / back[2, 2]).reshape(-1)[:8])
+        fill = tuple(int(v) for v in np.round(np.median(image.reshape(-1, 3), 0) * 255))
+        rgb = Image.fromarray(np.round(image * 255).astype(np.uint8))
+        image = np.asarray(rgb.transform((w, h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR,
+                                         fillcolor=fill), dtype=np.float32) / 255.0
+        mask = np.array(Image.fromarray(mask).transform((w, h), Image.Transform.PERSPECTIVE, coeffs,
+                                                         Image.Resampling.NEAREST, fillcolor=0))
+        forward = _homography(corners, moved)
+        moved_boxes = []
+        for x1, y1, x2, y2 in boxes:
+            p = forward @ np.array([[x1, x2, x2, x1], [y1, y1, y2, y2], [1, 1, 1, 1]], np.float64)
+            px, py = np.clip(p[0] / p[2], 0, w), np.clip(p[1] / p[2], 0, h)
+            # whole pixels, outward: every pixel the warped mask gives the digit lies in its box
+            moved_boxes.append(np.array([np.floor(px.min()), np.floor(py.min()), np.ceil(px.max()), np.ceil(py.max())],
+                                        np.float32))
+        boxes = moved_boxes
+    return image, mask, boxes
+
+
+def _developed(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A photo's last steps on uint8 (H, W, 3): a little out of focus, then JPEG."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    picture = Image.fromarray(pixels)
+    if rng.random() < 0.7:
+        picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.8:
+        buf = io.BytesIO()
+        picture.save(buf, format="JPEG", quality=int(rng.integers(30, 90)))
+        picture = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return np.array(picture, dtype=np.uint8)  # a writable copy (torch.from_numpy takes it as is)
+
+
 def compose(scans: np.ndarray, labels: np.ndarray, rng: np.random.Generator, style: Style) -> Scene:
     """One scene from ``scans`` (N, 8, 8) ink in [0, 1] with ``labels`` (N,)."""
     h, w = style.height, style.width
@@ -128,8 +247,17 @@ def compose(scans: np.ndarray, labels: np.ndarray, rng: np.random.Generator, sty
     boxes, classes = [], []
     for _ in range(int(rng.integers(style.digits[0], style.digits[1] + 1))):
         i = int(rng.integers(len(scans)))
-        size = int(rng.integers(style.scale[0], min(style.scale[1], h - 2, w - 2) + 1))
-        ink = render_digit(scans[i], size, rng, style.rotation)
+        top = min(style.scale[1], h - 2, w - 2)
+        if style.log_scale:
+            size = int(round(np.exp(rng.uniform(np.log(style.scale[0]), np.log(top + 0.5)))))
+        else:
+            size = int(rng.integers(style.scale[0], top + 1))
+        if style.drawn and rng.random() < style.drawn:  # (no draw at all for a style without drawings)
+            label = int(rng.integers(10))
+            ink = drawn_ink(label, size, rng, style.hand)
+        else:
+            label = int(labels[i])
+            ink = render_digit(scans[i], size, rng, style.rotation)
         on = ink > ALPHA_EDGE
         if not on.any():
             continue
@@ -153,11 +281,16 @@ def compose(scans: np.ndarray, labels: np.ndarray, rng: np.random.Generator, sty
         alpha = ink[..., None]
         region = image[y : y + ph, x : x + pw]
         image[y : y + ph, x : x + pw] = region * (1 - alpha) + colour * alpha
-        mask[y : y + ph, x : x + pw][ink > ALPHA_EDGE] = 1 + labels[i]
+        mask[y : y + ph, x : x + pw][ink > ALPHA_EDGE] = 1 + label
         boxes.append(box)
-        classes.append(int(labels[i]))
+        classes.append(label)
+    photo = bool(style.photo) and rng.random() < style.photo
+    if photo:
+        image, mask, boxes = photograph(image, mask, boxes, rng)
     image = image + rng.normal(0, rng.uniform(0, style.noise), image.shape)
     pixels = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    if photo:
+        pixels = _developed(pixels, rng)
     return Scene(pixels, np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64), mask)
 
 
@@ -202,19 +335,24 @@ class SceneData:
     class_names: list[str]
     source: str
     stress: Sequence[Scene] = field(default_factory=list)  # built-in scenes only
+    held_out: dict[str, Sequence[Scene]] = field(default_factory=dict)  # built-in: HELD_OUT_STYLES' sets
 
 
 def generated(split_images: tuple[np.ndarray, np.ndarray, np.ndarray], split_labels, counts: tuple[int, int, int],
-              seed: int, stress: int = 0) -> SceneData:
-    """Scenes from the digit splits: training scenes from training scans only, and so on."""
+              seed: int, stress: int = 0, held_out: int = 0, train_style: str = "people") -> SceneData:
+    """Scenes from the digit splits: training scenes (of TRAIN_STYLES[train_style]) from training scans
+    only, and so on; ``held_out`` scenes of each of HELD_OUT_STYLES (test-split scans, the second hand's
+    drawings)."""
     (tr, va, te), (ltr, lva, lte) = [scans_of(x) for x in split_images], split_labels
     return SceneData(
-        train=SceneSet(tr, ltr, TRAIN_STYLE, seed, counts[0]),
+        train=SceneSet(tr, ltr, TRAIN_STYLES[train_style], seed, counts[0]),
         val=list(SceneSet(va, lva, TEST_STYLE, seed + 1, counts[1])),
         test=list(SceneSet(te, lte, TEST_STYLE, seed + 2, counts[2])),
         class_names=[str(d) for d in range(10)],
         source=f"scenes of scikit-learn digits ({counts[0]} train / {counts[1]} val / {counts[2]} test)",
         stress=list(SceneSet(te, lte, STRESS_STYLE, seed + 3, stress)),
+        held_out={name: list(SceneSet(te, lte, style, seed + HELD_OUT_SEEDS[name], held_out))
+                  for name, style in HELD_OUT_STYLES.items()} if held_out else {},
     )
 
 

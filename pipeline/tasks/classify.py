@@ -21,7 +21,7 @@ import models
 from models.layers import channels_first
 from export.contract import Bound, DimRange, ExportContract, TensorSpec
 from pipeline.data.augment import augment
-from pipeline.data.drawn import TRAIN_WIDTHS, WIDE, drawn_digits, font_digits, other_hand_digits, scanned
+from pipeline.data.drawn import NARROW, TRAIN_WIDTHS, WIDE, drawn_digits, font_digits, other_hand_digits, scanned
 from pipeline.data.images import ImageData, ImageSplit, load_digits, load_image_folder
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import BenchCase, EvalSet, Graph, Metric, RunConfig, Task, with_model_fields
@@ -52,9 +52,14 @@ class DataConfig:
     # (int) digits only (ignored for an image folder): this many drawings per digit
     # (pipeline/data/drawn.py, training seeds, never the held-out seed) are scanned to 8x8 like the
     # digits and added to the training split
-    drawings: int = 50
+    drawings: int = 100
+    # (str) the training drawings' shapes: "all" (widths from narrow to wide and round, and the shapes
+    # only training draws: one-stroke 8s, round 0s, open 4s, hooked 7s), "wide" (the widths, the
+    # held-out sets' shapes only), "narrow" (the held-out drawn set's widths and shapes, as before issue 28)
+    drawing_shapes: Literal["all", "wide", "narrow"] = "all"
     # (int) digits only: held-out drawings per digit in the drawn set (100 per digit, 1,000 in all, by
-    # default); the second hand's and the typed set get half as many each. Every variant is scored on all three
+    # default); the second hand's, the wide and the typed set get half as many each (the wide set by
+    # both hands). Every variant is scored on all four
     held_out_drawings: int = DRAWN_PER_CLASS
 
     def __post_init__(self):
@@ -310,7 +315,8 @@ print(labels[int(probs.argmax())], float(probs.max()))
             data = load_digits(fractions, d.split_seed)
             if d.drawings:  # sketchpad-style drawings of a training seed, scanned as the digits were
                 extra = scanned(drawn_digits(d.drawings, seed=TRAIN_DRAWING_SEED + d.split_seed, hand=0.07,
-                                             widths=TRAIN_WIDTHS))
+                                             widths=NARROW if d.drawing_shapes == "narrow" else TRAIN_WIDTHS,
+                                             training=d.drawing_shapes == "all"))
                 data.train = ImageSplit(np.concatenate([data.train.images, extra.images]),
                                         np.concatenate([data.train.labels, extra.labels]))
                 data.source += f" + {len(extra)} scanned drawings"

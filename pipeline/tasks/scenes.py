@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,11 @@ from pipeline.errors import PipelineError
 from pipeline.tasks.base import BenchCase, BenchmarkConfig, EvalSet, RunConfig, Task, with_model_fields
 
 EVAL_BATCH = 16  # scenes per graph call when scoring and checking parity
+HELD_OUT_WORDS = {  # the held-out sets of what people make (pipeline/data/scenes.py, HELD_OUT_STYLES)
+    "drawn": "160x160 paper (plain, ruled, squared), 2-6 digits drawn 20-60 px tall by a hand no network trains on",
+    "photo": "208x160 photos of paper: uneven light, shadows, perspective, blur, JPEG; drawn digits and scans",
+    "large": "320x240 paper, 2-5 digits 50-107 px tall (up to a third of the width), drawn and scanned",
+}
 IGNORE = 255  # mask value of padding: no class, no loss
 # the graphs' image sides: a 1x1 image is refused with a clear line rather than read as a scene; 40
 # and more pad to at least two cells of the deepest map (the exported graph is valid for all of them)
@@ -47,6 +52,13 @@ class SceneDataConfig:
     val_scenes: int = 100  # (int) built-in validation scenes
     test_scenes: int = 500  # (int) built-in held-out scenes the metric is measured on
     stress_scenes: int = 200  # (int) built-in scenes of a composition never trained on (other sizes, backgrounds)
+    # (int) built-in scenes in each held-out set of what people make (pipeline/data/scenes.py,
+    # HELD_OUT_STYLES): "drawn" (pen drawings by a hand no network trains on), "photo" (a photo of
+    # paper), "large" (digits up to a third of the image); 0: none
+    held_out_scenes: int = 200
+    # (str) the built-in training scenes: "people" (scans and pen drawings, 12-88 px, plain, ruled and
+    # squared paper, a third photographed), "scans" (the enlarged scans alone, 12-48 px: before issue 28)
+    train_style: Literal["people", "scans"] = "people"
     scene_seed: int = 0  # (int) seeds the scenes
     val_fraction: float = 0.1  # (float) share of the scans (or the user's images) for validation
     test_fraction: float = 0.2  # (float) share of the scans (or the user's images) held out for testing
@@ -56,8 +68,8 @@ class SceneDataConfig:
         for name in ("train_scenes", "val_scenes", "test_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.stress_scenes < 0 or self.scene_seed < 0 or self.split_seed < 0:
-            raise ValueError("stress_scenes, scene_seed and split_seed must be >= 0")
+        if min(self.stress_scenes, self.held_out_scenes, self.scene_seed, self.split_seed) < 0:
+            raise ValueError("stress_scenes, held_out_scenes, scene_seed and split_seed must be >= 0")
         if not (0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
 
@@ -183,7 +195,8 @@ class SceneTask(Task):
         digits = load_digits((d.val_fraction, d.test_fraction), d.split_seed)
         splits = (digits.train, digits.val, digits.test)
         return generated(tuple(s.images for s in splits), tuple(s.labels for s in splits),
-                         (d.train_scenes, d.val_scenes, d.test_scenes), d.scene_seed, d.stress_scenes)
+                         (d.train_scenes, d.val_scenes, d.test_scenes), d.scene_seed, d.stress_scenes,
+                         d.held_out_scenes, d.train_style)
 
     def describe_data(self, data: SceneData) -> str:
         return data.source
@@ -198,6 +211,9 @@ class SceneTask(Task):
             sets.append(EvalSet("stress", "scenes of a composition never trained on: 224x160, 4-10 digits, checkered, "
                                 "speckled and streaked backgrounds (test-split scans)", data.stress, len(data.stress),
                                 scored=True))
+        for name, scenes in data.held_out.items():
+            if len(scenes):
+                sets.append(EvalSet(name, HELD_OUT_WORDS[name], scenes, len(scenes), scored=True))
         return sets
 
     def benchmark_cases(self, data: SceneData, cfg: RunConfig) -> list[BenchCase]:
@@ -230,7 +246,7 @@ class SceneTask(Task):
     def examples(self, data: SceneData, cfg: RunConfig, count: int = 12) -> list[tuple[str, bytes]]:
         """Held-out scenes as PNG files, named by what they hold (the app's "new scene" draws from them)."""
         out = []
-        for name, scenes in (("test", data.test), ("stress", data.stress)):
+        for name, scenes in (("test", data.test), ("stress", data.stress), *data.held_out.items()):
             for i in range(min(count if name == "test" else count // 3, len(scenes))):
                 digits = "-".join(data.class_names[c] for c in scenes[i].labels) or "empty"
                 out.append((f"{name}{i:02d}_{digits}.png", png(scenes[i].image)))

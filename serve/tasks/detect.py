@@ -11,6 +11,7 @@ from serve.inputs import InputError, number
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, number_input
 from serve.tasks.scenes import colours, need_image, scene_input, wire_scene
+from serve.tasks.sketch import SKETCH_JS
 
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
 
@@ -63,7 +64,8 @@ def outlines(found: list[Detection], size: tuple[int, int]) -> list[tuple[np.nda
 class DetectTab(TaskTab):
     task = "detect"
     title = "Detect"
-    endpoints = ("detect", "detect_new_scene")
+    endpoints = ("detect", "detect_new_scene", "detect_sketch")
+    on_load_js = SKETCH_JS  # the sketchpad's brush picked on open and after "Clear canvas"
 
     def check(self, bundle: Bundle) -> None:
         graph = bundle.manifest["graphs"].get("model")
@@ -104,7 +106,8 @@ class DetectTab(TaskTab):
                 variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="detect-variant",
                                    info=variant_info(variants))
             with gr.Column():
-                shown = gr.AnnotatedImage(label="Detections", color_map=palette, elem_id="detect-image")
+                # png: the picture shown is the one the model read, pixel for pixel (Gradio's default webp is lossy)
+                shown = gr.AnnotatedImage(label="Detections", color_map=palette, elem_id="detect-image", format="png")
                 table = gr.Dataframe(headers=["label", "score", "x1", "y1", "x2", "y2"], label="Detections",
                                      interactive=False, elem_id="detect-table")
                 latency = gr.Textbox(label="Latency", interactive=False, elem_id="detect-latency")

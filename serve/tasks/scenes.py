@@ -1,4 +1,4 @@
-"""What the Detect and Segment tabs share: held-out scenes shipped in the bundle, and the image input."""
+"""What the Detect and Segment tabs share: held-out scenes shipped in the bundle, and the image and sketch inputs."""
 from __future__ import annotations
 
 import random
@@ -8,9 +8,13 @@ import numpy as np
 
 from serve.inputs import InputError, is_blank
 from serve.runtime import Bundle
-from serve.tasks.base import guarded, image_input
+from serve.tasks.base import guarded, image_input, sketch_input
+from serve.tasks.sketch import from_sketch, sketchpad
 
 NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
+UNREADABLE_SKETCH = "the drawing could not be read; clear it and draw again"
+PAPER = (480, 320)  # the scene sketchpad's paper, pixels (width, height): digits drawn 40-200 px tall
+PEN = 8  # its brush, pixels
 
 
 def scene_files(bundle: Bundle) -> list[Path]:
@@ -49,26 +53,45 @@ def colours(count: int) -> list[str]:
 
 
 def scene_input(prefix: str, action: str) -> tuple:
-    """The scene column's top (inside an open Gradio column): the upload, "New scene" and the button
-    that runs the model, with elem_ids ``<prefix>-upload``, ``<prefix>-new-scene``, ``<prefix>-go``."""
+    """The scene column's top (inside an open Gradio column): a tab to upload, paste or photograph a
+    scene (the webcam: a photo of paper) with "New scene" and the button that runs the model, and a tab
+    to draw digits on paper. elem_ids ``<prefix>-upload``, ``<prefix>-new-scene``, ``<prefix>-go``,
+    ``<prefix>-sketch``. Returns (upload, new scene, go, sketch)."""
     import gradio as gr
 
-    # image_mode=None: the file goes to serve.inputs as uploaded (decoded once, size-checked first)
-    upload = gr.Image(label="Scene", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                      elem_id=f"{prefix}-upload")
-    with gr.Row():
-        scene_btn = gr.Button("New scene", elem_id=f"{prefix}-new-scene")
-        go = gr.Button(action, variant="primary", elem_id=f"{prefix}-go")
-    return upload, scene_btn, go
+    with gr.Tabs():
+        with gr.Tab("Image"):
+            # image_mode=None: the file goes to serve.inputs as uploaded (decoded once, size-checked first)
+            upload = gr.Image(label="Scene", type="filepath", image_mode=None,
+                              sources=["upload", "clipboard", "webcam"], elem_id=f"{prefix}-upload")
+            with gr.Row():
+                scene_btn = gr.Button("New scene", elem_id=f"{prefix}-new-scene")
+                go = gr.Button(action, variant="primary", elem_id=f"{prefix}-go")
+        with gr.Tab("Draw"):
+            sketch = sketchpad(f"{prefix}-sketch", "Draw a few digits", PAPER, PEN)
+    return upload, scene_btn, go, sketch
 
 
 def wire_scene(bundle: Bundle, run, controls: tuple, inputs: list, outputs: list, api: str) -> None:
     """Events of :func:`scene_input`'s controls: the button runs ``run`` (endpoint ``/<api>``); "New
-    scene" puts a held-out scene in the upload (``/<api>_new_scene``) and runs it."""
-    upload, scene_btn, go = controls
+    scene" puts a held-out scene in the upload (``/<api>_new_scene``) and runs it; each stroke on the
+    sketchpad runs ``run`` on the drawing (``/<api>_sketch``). ``inputs[0]`` is the upload."""
+    upload, scene_btn, go, sketch = controls
     image_input(upload, NOT_AN_IMAGE)
+    sketch_input(sketch, UNREADABLE_SKETCH)
     go.click(guarded(run), inputs, outputs, api_name=api)
-    # an image uploaded or pasted runs at once, as a drawing does (the button runs it again)
+    # an image uploaded, pasted or photographed runs at once, as a drawing does (the button runs it again)
     upload.upload(guarded(run), inputs, outputs, api_name=False, trigger_mode="always_last")
     scene_btn.click(lambda: new_scene(bundle), [], [upload], api_name=f"{api}_new_scene").then(
         guarded(run), inputs, outputs, api_name=False)
+
+    def drawn(value, *settings):
+        """After each stroke: the model on the drawing; a cleared sketchpad clears the outputs."""
+        try:
+            image = from_sketch(value, "a few digits")
+        except InputError:
+            return (None,) * (len(outputs) - 1) + ("",)
+        return run(image, *settings)
+
+    sketch.change(guarded(drawn), [sketch, *inputs[1:]], outputs, api_name=f"{api}_sketch",
+                  trigger_mode="always_last", show_progress="hidden")

@@ -7,6 +7,7 @@ from serve.bundle import BundleError, variant_info
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input
 from serve.tasks.scenes import colours, need_image, scene_input, wire_scene
+from serve.tasks.sketch import SKETCH_JS
 
 
 def segment(bundle: Bundle, image: np.ndarray, variant: str = "fp32") -> tuple[np.ndarray, dict[str, float], str]:
@@ -23,7 +24,8 @@ def segment(bundle: Bundle, image: np.ndarray, variant: str = "fp32") -> tuple[n
 class SegmentTab(TaskTab):
     task = "segment"
     title = "Segment"
-    endpoints = ("segment", "segment_new_scene")
+    endpoints = ("segment", "segment_new_scene", "segment_sketch")
+    on_load_js = SKETCH_JS  # the sketchpad's brush picked on open and after "Clear canvas"
 
     def check(self, bundle: Bundle) -> None:
         graph = bundle.manifest["graphs"].get("model")
@@ -59,7 +61,8 @@ class SegmentTab(TaskTab):
                 variant = gr.Radio(variants, value=bundle.default_variant, label="Variant", elem_id="segment-variant",
                                    info=variant_info(variants))
             with gr.Column():
-                shown = gr.AnnotatedImage(label="Mask", color_map=palette, elem_id="segment-image")
+                # png: the picture shown is the one the model read, pixel for pixel (Gradio's default webp is lossy)
+                shown = gr.AnnotatedImage(label="Mask", color_map=palette, elem_id="segment-image", format="png")
                 table = gr.Dataframe(headers=["class", "% of pixels"], label="Classes", interactive=False,
                                      elem_id="segment-table")
                 latency = gr.Textbox(label="Latency", interactive=False, elem_id="segment-latency")

@@ -62,3 +62,23 @@ def test_the_classifier_is_scored_on_the_wide_set_apart_from_its_training_drawin
     assert {"drawn", "hand2", "wide", "fonts"} <= set(sets) and sets["wide"].scored
     assert len(sets["wide"].items) == 40 and np.bincount(sets["wide"].items.labels).tolist() == [4] * 10  # 2 + 2 a hand
     assert TRAIN_DRAWING_SEED not in WIDE_SEEDS and 2026 not in WIDE_SEEDS and 7 not in WIDE_SEEDS
+
+
+def test_training_shapes_are_drawn_into_training_only_and_a_wide_1_keeps_its_flag_short(monkeypatch):
+    """Issue 28: the shapes only training draws (a one-stroke 8, a round 0, ...) come into the training
+    drawings and never into a held-out set; a 1 asked to be wide stays a 1 (its flag, drawn wider,
+    would grow into a 7's bar)."""
+    import pytest
+
+    from pipeline.data import drawn
+
+    assert drawn.TRAINING_STYLES[8] and all(s not in drawn.STYLES[d] for d, v in drawn.TRAINING_STYLES.items() for s in v)
+    monkeypatch.setitem(drawn.STYLES, 8, [])  # an 8 can now only be drawn from the training shapes
+    rng = np.random.default_rng(0)
+    assert (drawn.draw_digit(8, rng, widths=drawn.TRAIN_WIDTHS, training=True) < 128).any()
+    with pytest.raises(ValueError):  # the held-out draws never reach them
+        drawn.draw_digit(8, rng, widths=drawn.WIDE)
+    monkeypatch.undo()
+    ones = drawn.drawn_digits(20, seed=9, widths=(1.3, 1.4)).images[20:40]
+    eights = drawn.drawn_digits(20, seed=9, widths=(1.3, 1.4)).images[160:180]
+    assert np.median(_ink_aspect(ones)) < 0.6 < np.median(_ink_aspect(eights)), "a wide 1 is still a stroke and a short flag"
