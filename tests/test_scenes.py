@@ -552,7 +552,7 @@ def test_chromium_draws_three_digits_and_the_boxes_follow_each_stroke(scene_app)
             box = {"x": x0 + (0.04 + 0.32 * k) * w, "y": y0 + 0.2 * h, "width": 0.28 * w, "height": 0.6 * h}
             before = page.input_value("#detect-latency textarea")
             for stroke in strokes:
-                _stroke(page, box, stroke, steps=2)  # (every mouse move redraws the editor: few of them)
+                _stroke(page, box, stroke)
                 page.wait_for_timeout(150)  # a person lifts the pen between strokes
             page.wait_for_function("(b) => { const v = document.querySelector('#detect-latency textarea').value;"
                                    " return v.includes('ms') && v !== b; }", arg=before, timeout=30_000)

@@ -79,8 +79,9 @@ PAPER = 250  # pixels of the page inside the 280x280 sketch (shown at 100%)
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"  # kept after the run
 
 
-def _stroke(page, box, points, steps=6):
-    """Drag the mouse along ``points`` (fractions of the canvas), as a person draws one stroke."""
+def _stroke(page, box, points, steps=2):
+    """Drag the mouse along ``points`` (fractions of the canvas), as a person draws one stroke; ``steps``
+    moves a segment (every move redraws the editor: few of them keep the tests fast)."""
     def at(p):
         return box["x"] + p[0] * box["width"], box["y"] + p[1] * box["height"]
 
