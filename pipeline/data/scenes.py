@@ -66,17 +66,19 @@ TEST_STYLE = Style(height=128, width=128)
 # what no network trained on: other sizes and aspect, up to 10 digits, other backgrounds
 STRESS_STYLE = Style(height=160, width=224, digits=(4, 10), backgrounds=("checker", "speckle", "lines"),
                      dark=0.4, noise=0.06)
-# held out, by the second hand (no network trains on its drawings) and test-split scans:
+# held out, by the second hand (no network trains on its drawings) and test-split scans
 HELD_OUT_STYLES = {
-    # digits drawn as people draw them: strokes, 20-60 px, on noisy coloured paper
     "drawn": Style(height=160, width=160, digits=(2, 6), scale=(20, 60), backgrounds=PAPERS, dark=0.0,
                    noise=0.06, drawn=1.0, hand="other"),
-    # a photo of paper: uneven light, a shadow, perspective, blur, JPEG; drawings and scans
     "photo": Style(height=160, width=208, digits=(2, 6), scale=(16, 56), backgrounds=PAPERS, dark=0.0,
                    drawn=0.6, hand="other", photo=1.0),
-    # large digits: 50 px to a third of the image's width
     "large": Style(height=240, width=320, digits=(2, 5), scale=(50, 107), backgrounds=PAPERS, dark=0.1,
                    drawn=0.6, hand="other"),
+}
+HELD_OUT_WORDS = {  # what each holds, for people (the manifest's and the Models tab's descriptions)
+    "drawn": "160x160 paper (plain, ruled, squared), 2-6 digits drawn 20-60 px tall by a hand no network trains on",
+    "photo": "208x160 photos of paper: uneven light, shadows, perspective, blur, JPEG; drawn digits and scans",
+    "large": "320x240 paper, 2-5 digits 50-107 px tall (up to a third of the width), drawn and scanned",
 }
 HELD_OUT_SEEDS = {"drawn": 4, "photo": 5, "large": 6}  # + data.scene_seed (train 0, val 1, test 2, stress 3)
 

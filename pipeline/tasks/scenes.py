@@ -23,16 +23,11 @@ import models
 from models.layers import channels_first
 from export.contract import DimRange
 from pipeline.data.images import load_digits
-from pipeline.data.scenes import Scene, SceneData, generated
+from pipeline.data.scenes import HELD_OUT_WORDS, Scene, SceneData, generated
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import BenchCase, BenchmarkConfig, EvalSet, RunConfig, Task, with_model_fields
 
 EVAL_BATCH = 16  # scenes per graph call when scoring and checking parity
-HELD_OUT_WORDS = {  # the held-out sets of what people make (pipeline/data/scenes.py, HELD_OUT_STYLES)
-    "drawn": "160x160 paper (plain, ruled, squared), 2-6 digits drawn 20-60 px tall by a hand no network trains on",
-    "photo": "208x160 photos of paper: uneven light, shadows, perspective, blur, JPEG; drawn digits and scans",
-    "large": "320x240 paper, 2-5 digits 50-107 px tall (up to a third of the width), drawn and scanned",
-}
 IGNORE = 255  # mask value of padding: no class, no loss
 # the graphs' image sides: a 1x1 image is refused with a clear line rather than read as a scene; 40
 # and more pad to at least two cells of the deepest map (the exported graph is valid for all of them)
@@ -211,9 +206,8 @@ class SceneTask(Task):
             sets.append(EvalSet("stress", "scenes of a composition never trained on: 224x160, 4-10 digits, checkered, "
                                 "speckled and streaked backgrounds (test-split scans)", data.stress, len(data.stress),
                                 scored=True))
-        for name, scenes in data.held_out.items():
-            if len(scenes):
-                sets.append(EvalSet(name, HELD_OUT_WORDS[name], scenes, len(scenes), scored=True))
+        sets += [EvalSet(name, HELD_OUT_WORDS[name], scenes, len(scenes), scored=True)
+                 for name, scenes in data.held_out.items()]  # (built-in scenes only; none when held_out_scenes=0)
         return sets
 
     def benchmark_cases(self, data: SceneData, cfg: RunConfig) -> list[BenchCase]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from serve.bundle import BundleError, variant_info
-from serve.inputs import InputError, is_blank
+from serve.inputs import NOT_AN_IMAGE, InputError, is_blank
 from serve.runtime import Bundle
 from serve.tasks.base import TaskTab, choice_input, guarded, image_input, sketch_input
-from serve.tasks.sketch import SKETCH_JS, from_sketch, has_ink, sketchpad
+from serve.tasks.sketch import SKETCH_JS, UNREADABLE_SKETCH, from_sketch, has_ink, sketchpad
 
 CANVAS = 280  # the sketchpad's paper, pixels a side
-NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
-UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
 
 def need_ink(image: np.ndarray) -> np.ndarray:

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.inputs import InputError, is_blank
+from serve.inputs import NOT_AN_IMAGE, InputError, is_blank
 from serve.runtime import Bundle
 from serve.tasks.base import guarded, image_input, sketch_input
-from serve.tasks.sketch import from_sketch, sketchpad
+from serve.tasks.sketch import UNREADABLE_SKETCH, from_sketch, sketchpad
 
-NOT_AN_IMAGE = "that file is not an image this app can read (PNG, JPEG, BMP, GIF, WebP, TIFF, ...)"
-UNREADABLE_SKETCH = "the drawing could not be read; clear it and draw again"
 PAPER = (480, 320)  # the scene sketchpad's paper, pixels (width, height): digits drawn 40-200 px tall
 PEN = 8  # its brush, pixels
 

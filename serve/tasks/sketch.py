@@ -15,6 +15,7 @@ SKETCH_CLASS = "lb-sketch"  # every sketchpad's CSS class: the page script finds
 # just under 1:1 both agree (100%), where the default height opened at 103% and snapped to 100% later
 SKETCH_BORDER = 2 + 60 - 1
 OFF_PAPER = 40  # a press up to this many pixels beside a sketchpad's canvas still starts a stroke on entry
+UNREADABLE_SKETCH = "the sketch could not be read; clear it and draw again"
 
 
 def has_ink(image: np.ndarray) -> bool:
